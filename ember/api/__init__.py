@@ -1,0 +1,1 @@
+"""Ember's public API: ``from ember.api import models, non``; submodules load on first import."""

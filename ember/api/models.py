@@ -1,0 +1,30 @@
+"""Models API: the registry, the service, usage — and this module is itself callable.
+
+>>> from ember.api import models
+>>> models("openai:gpt-4o", "Hello").text                         # doctest: +SKIP
+
+``models(...)`` is ``get_app_context().model_service.invoke_model(...)``.
+"""
+
+import sys
+import types
+
+from ember._context import get_app_context, initialize_ember
+from ember.models import *  # noqa: F403  (the models layer's public surface)
+from ember.models import __all__ as _models_all
+from ember.models import ModelResponse
+
+__all__ = [*_models_all, "get_app_context", "initialize_ember", "acall"]
+
+
+async def acall(model_id: str, prompt, **params) -> ModelResponse:
+    """Async twin of ``models(model_id, prompt, **params)``."""
+    return await get_app_context().model_service.ainvoke_model(model_id, prompt, **params)
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, model_id: str, prompt, **params) -> ModelResponse:
+        return get_app_context().model_service.invoke_model(model_id, prompt, **params)
+
+
+sys.modules[__name__].__class__ = _CallableModule

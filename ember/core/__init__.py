@@ -1,0 +1,1 @@
+"""Ember's core layer, under the import paths of the original architecture."""

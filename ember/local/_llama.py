@@ -1,0 +1,240 @@
+"""A Llama-family decoder in JAX: parameters as a plain pytree, one forward against a KV cache.
+
+Why plain pytrees (NamedTuples of arrays) rather than Flax NNX modules: the weights are
+loaded, never trained, so there is no module state to split and merge; the 30 layers are
+stacked on a leading axis so ``lax.scan`` compiles one layer instead of 30 (tracing and
+compiling the unrolled stack is ~30x the work); and placing a pytree on a mesh is one
+``jax.device_put`` with a ``NamedSharding``.
+
+One function serves prefill (``T`` new tokens) and decode (``T == 1``). Prompts are
+left-padded so every row writes its new keys and values at the same cache slot; a row's
+real tokens start at ``start[b]``, which gives both its positions and its attention mask.
+
+RoPE layout: llama.cpp's converter permutes the Q and K projections of Hugging Face
+checkpoints so that its rotary embedding rotates adjacent pairs ``(x[2i], x[2i+1])``. We
+undo that permutation once at load time and rotate the two halves ``(x[i], x[i + d/2])``,
+which is a slice instead of a strided gather. (The numpy reference in the tests keeps the
+file's layout and rotates pairs, so the two paths check each other.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ember.models._errors import ProviderError
+
+__all__ = ["LlamaConfig", "LlamaParams", "LayerParams", "KVCache", "params_from_gguf", "forward", "unembed", "init_cache"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture hyperparameters, read from a GGUF's ``llama.*`` metadata. Hashable, so it
+    is a static argument of the jitted functions."""
+
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    rope_theta: float
+    rope_linear_scale: float
+    norm_eps: float
+    context_length: int
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, Any], *, model_id: str) -> LlamaConfig:
+        arch = meta.get("general.architecture")
+        if arch != "llama":
+            raise ProviderError(
+                f"the local provider runs Llama-architecture GGUF models; this file's architecture is {arch!r}",
+                model_id=model_id,
+            )
+        if int(meta.get("llama.expert_count", 0) or 0) > 0:
+            raise ProviderError("mixture-of-experts Llama models are not supported by the local provider", model_id=model_id)
+        n_heads = int(meta["llama.attention.head_count"])
+        dim = int(meta["llama.embedding_length"])
+        head_dim = int(meta.get("llama.attention.key_length", dim // n_heads))
+        rope_dims = int(meta.get("llama.rope.dimension_count", head_dim))
+        if rope_dims != head_dim:
+            raise ProviderError(f"partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", model_id=model_id)
+        scaling = meta.get("llama.rope.scaling.type", "none")
+        if scaling not in ("none", "linear"):
+            raise ProviderError(f"RoPE scaling {scaling!r} is not supported (only linear)", model_id=model_id)
+        vocab = meta.get("llama.vocab_size") or len(meta["tokenizer.ggml.tokens"])
+        return cls(
+            vocab_size=int(vocab),
+            dim=dim,
+            n_layers=int(meta["llama.block_count"]),
+            n_heads=n_heads,
+            n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),
+            head_dim=head_dim,
+            hidden_dim=int(meta["llama.feed_forward_length"]),
+            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),
+            rope_linear_scale=float(meta.get("llama.rope.scaling.factor", 1.0)) if scaling == "linear" else 1.0,
+            norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            context_length=int(meta.get("llama.context_length", 2048)),
+        )
+
+
+class LayerParams(NamedTuple):
+    """One decoder layer's weights, each stacked over layers on axis 0; matrices are
+    ``(in, out)`` so activations multiply on the left."""
+
+    attn_norm: jax.Array  # [L, D]
+    wq: jax.Array  # [L, D, H*Dh]
+    wk: jax.Array  # [L, D, Hkv*Dh]
+    wv: jax.Array  # [L, D, Hkv*Dh]
+    wo: jax.Array  # [L, H*Dh, D]
+    mlp_norm: jax.Array  # [L, D]
+    w_gate: jax.Array  # [L, D, F]
+    w_up: jax.Array  # [L, D, F]
+    w_down: jax.Array  # [L, F, D]
+
+
+class LlamaParams(NamedTuple):
+    embed: jax.Array  # [V, D]
+    layers: LayerParams
+    final_norm: jax.Array  # [D]
+    #: Output projection ``[V, D]``; ``None`` when tied to ``embed`` (SmolLM2 ties them).
+    output: jax.Array | None
+    #: RoPE inverse frequencies ``[Dh/2]``, with a GGUF's ``rope_freqs`` factors applied.
+    rope_inv_freq: jax.Array
+
+
+class KVCache(NamedTuple):
+    k: jax.Array  # [L, B, S, Hkv, Dh]
+    v: jax.Array  # [L, B, S, Hkv, Dh]
+
+
+def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Invert llama.cpp's ``permute`` of a Q/K weight ``(out, in)``: pairs back to halves."""
+    out, rest = w.shape[0], w.shape[1:]
+    return w.reshape(n_heads, out // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def params_from_gguf(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: Any) -> LlamaParams:
+    """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``."""
+
+    def layer_stack(name: str, transform=lambda w: w) -> jax.Array:
+        arrays = [transform(tensors[f"blk.{i}.{name}.weight"]) for i in range(config.n_layers)]
+        return jnp.asarray(np.stack(arrays), dtype=dtype)
+
+    def matrix(name: str, transform=lambda w: w) -> jax.Array:  # GGUF (out, in) -> (in, out)
+        return layer_stack(name, lambda w: transform(w).T)
+
+    layers = LayerParams(
+        attn_norm=layer_stack("attn_norm"),
+        wq=matrix("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
+        wk=matrix("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
+        wv=matrix("attn_v"),
+        wo=matrix("attn_output"),
+        mlp_norm=layer_stack("ffn_norm"),
+        w_gate=matrix("ffn_gate"),
+        w_up=matrix("ffn_up"),
+        w_down=matrix("ffn_down"),
+    )
+    half = config.head_dim // 2
+    inv_freq = config.rope_theta ** (-np.arange(half, dtype=np.float64) * 2 / config.head_dim)
+    if "rope_freqs.weight" in tensors:  # Llama 3.1+ long-context frequency factors
+        inv_freq = inv_freq / tensors["rope_freqs.weight"].astype(np.float64)
+    output = tensors.get("output.weight")
+    return LlamaParams(
+        embed=jnp.asarray(tensors["token_embd.weight"], dtype=dtype),
+        layers=layers,
+        final_norm=jnp.asarray(tensors["output_norm.weight"], dtype=dtype),
+        output=None if output is None else jnp.asarray(output, dtype=dtype),
+        rope_inv_freq=jnp.asarray(inv_freq / config.rope_linear_scale, dtype=jnp.float32),
+    )
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCache:
+    shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def _rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate ``x [B, T, H, Dh]`` by ``positions [B, T]`` (half-split layout)."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, Dh/2]
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: LlamaConfig) -> jax.Array:
+    """Grouped-query attention: ``q [B,T,H,Dh]`` over ``k, v [B,S,Hkv,Dh]``, ``mask [B,T,S]``."""
+    b, t = q.shape[:2]
+    groups = config.n_heads // config.n_kv_heads
+    q = q.reshape(b, t, config.n_kv_heads, groups, config.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (config.head_dim**-0.5)
+    # A finite floor, not -inf: a padding query sees no key, and must not produce NaN.
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, config.n_heads * config.head_dim)
+
+
+def forward(
+    params: LlamaParams,
+    config: LlamaConfig,
+    tokens: jax.Array,
+    start: jax.Array,
+    slot: jax.Array,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+    """Run ``tokens [B, T]`` written at cache slots ``slot .. slot+T-1``.
+
+    ``start [B]`` is the first cache slot holding a real token of each row (left padding
+    before it). Returns the final-norm hidden state of the last position ``[B, D]`` and the
+    updated cache. Row ``b``'s token at slot ``s`` has position ``s - start[b]`` and attends
+    to slots ``start[b] .. s``.
+    """
+    b, t = tokens.shape
+    cache_len = cache.k.shape[2]
+    query_slots = slot + jnp.arange(t)  # [T]
+    positions = jnp.maximum(query_slots[None, :] - start[:, None], 0)  # [B, T]
+    key_slots = jnp.arange(cache_len)
+    mask = (key_slots[None, None, :] >= start[:, None, None]) & (key_slots[None, None, :] <= query_slots[None, :, None])
+    x = params.embed[tokens]
+
+    def layer(carry, inputs):
+        x, k_cache, v_cache = carry
+        i, p = inputs
+        h = _rms_norm(x, p.attn_norm, config.norm_eps)
+        q = (h @ p.wq).reshape(b, t, config.n_heads, config.head_dim)
+        k = (h @ p.wk).reshape(b, t, config.n_kv_heads, config.head_dim)
+        v = (h @ p.wv).reshape(b, t, config.n_kv_heads, config.head_dim)
+        q = _rope(q, positions, params.rope_inv_freq)
+        k = _rope(k, positions, params.rope_inv_freq)
+        zero = jnp.zeros((), jnp.int32)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (i, zero, slot, zero, zero))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (i, zero, slot, zero, zero))
+        attn = _attention(q, k_cache[i], v_cache[i], mask, config)
+        x = x + attn @ p.wo
+        h = _rms_norm(x, p.mlp_norm, config.norm_eps)
+        x = x + (jax.nn.silu(h @ p.w_gate) * (h @ p.w_up)) @ p.w_down
+        return (x, k_cache, v_cache), None
+
+    layer_ids = jnp.arange(config.n_layers, dtype=jnp.int32)
+    (x, k_cache, v_cache), _ = jax.lax.scan(layer, (x, cache.k, cache.v), (layer_ids, params.layers))
+    return _rms_norm(x[:, -1], params.final_norm, config.norm_eps), KVCache(k_cache, v_cache)
+
+
+def unembed(params: LlamaParams, hidden: jax.Array) -> jax.Array:
+    """Next-token logits ``[B, V]`` (float32) from final hidden states ``[B, D]``."""
+    weight = params.embed if params.output is None else params.output
+    return jnp.einsum("bd,vd->bv", hidden, weight, preferred_element_type=jnp.float32)

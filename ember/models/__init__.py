@@ -1,0 +1,33 @@
+"""The models layer: registry, service, usage, providers and their typed errors."""
+
+from ember.models._cache import ResponseCache
+from ember.models._errors import (
+    BudgetExceededError,
+    ContextLengthExceededError,
+    EmberError,
+    MalformedResponseError,
+    MissingCredentialsError,
+    ModelError,
+    ModelNotFoundError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderNotFoundError,
+    ProviderTimeoutError,
+    RateLimitError,
+)
+from ember.models._factory import ModelFactory
+from ember.models._info import ModelCost, ModelInfo, ProviderInfo, RateLimit
+from ember.models._registry import ModelRegistry
+from ember.models._service import CallStats, ModelService
+from ember.models._types import ChatRequest, Message, ModelResponse, ProviderResult, UsageStats
+from ember.models._usage import ModelUsage, UsageService, UsageTotals
+from ember.models.providers import Provider, ProviderSettings, register_provider
+
+__all__ = [
+    "BudgetExceededError", "CallStats", "ChatRequest", "ContextLengthExceededError", "EmberError",
+    "MalformedResponseError", "Message", "MissingCredentialsError", "ModelCost", "ModelError", "ModelFactory",
+    "ModelInfo", "ModelNotFoundError", "ModelRegistry", "ModelResponse", "ModelService", "ModelUsage",
+    "Provider", "ProviderConnectionError", "ProviderError", "ProviderInfo", "ProviderNotFoundError",
+    "ProviderResult", "ProviderSettings", "ProviderTimeoutError", "RateLimit", "RateLimitError",
+    "ResponseCache", "UsageService", "UsageStats", "UsageTotals", "register_provider",
+]

@@ -1,0 +1,85 @@
+"""Mapping the official SDKs' exceptions onto Ember's typed errors.
+
+The ``openai`` and ``anthropic`` SDKs share one exception design (``APIStatusError`` with a
+status code and the HTTP response, ``APITimeoutError``, ``APIConnectionError``), so one
+function serves both. Transient failures come back ``retryable`` with the server's
+Retry-After, for :class:`~ember.models.ModelService` to retry.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from types import ModuleType
+
+from ember.models._errors import (
+    ContextLengthExceededError,
+    MalformedResponseError,
+    ModelError,
+    ModelNotFoundError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+)
+
+__all__ = ["map_sdk_error", "retry_after_seconds"]
+
+_CONTEXT_MARKERS = ("context_length_exceeded", "prompt is too long", "maximum context length", "too many tokens")
+
+
+def retry_after_seconds(headers) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``retry-after`` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _error_text(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return " ".join(str(inner.get(k, "")) for k in ("type", "code", "message") if inner.get(k))
+    return str(getattr(exc, "message", None) or exc)
+
+
+def map_sdk_error(exc: Exception, sdk: ModuleType, model_id: str) -> ModelError:
+    """Translate one SDK exception (``sdk`` is the ``openai`` or ``anthropic`` module)."""
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderTimeoutError("request timed out", model_id=model_id, retryable=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderConnectionError(f"connection failed: {exc}", model_id=model_id, retryable=True)
+    if isinstance(exc, sdk.APIResponseValidationError) or isinstance(exc, json.JSONDecodeError):
+        snippet = getattr(exc, "doc", None) or str(getattr(exc, "body", "") or "")
+        return MalformedResponseError("could not parse the provider's response", snippet=snippet, model_id=model_id)
+    if isinstance(exc, sdk.APIStatusError):
+        status, text = exc.status_code, _error_text(exc)
+        retry_after = retry_after_seconds(getattr(exc.response, "headers", None))
+        if status == 429:
+            return RateLimitError(
+                f"rate limited: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
+            )
+        if status >= 500 or status == 408:
+            return ProviderError(
+                f"provider error: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
+            )
+        if any(marker in text.lower() for marker in _CONTEXT_MARKERS):
+            return ContextLengthExceededError(f"context length exceeded: {text}", model_id=model_id, status_code=status)
+        if status == 404:
+            return ModelNotFoundError(model_id, reason=f"The provider says: {text}")
+        return ProviderError(f"request rejected: {text}", model_id=model_id, status_code=status)
+    return ProviderError(f"unexpected {type(exc).__name__}: {exc}", model_id=model_id)

@@ -1,0 +1,256 @@
+"""The loopback LLM server: OpenAI and Anthropic chat endpoints on 127.0.0.1, offline.
+
+It runs its own asyncio loop on a daemon thread, so synchronous tests, async tests and
+benchmarks can all point real SDK clients at it. One coroutine per connection and an
+``asyncio.sleep`` per request make latency nearly free: a thousand slow requests in flight
+cost a thousand sleeping coroutines, not a thousand threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ember.testing import _wire
+from ember.testing._answer import Responder, complete, default_responder
+from ember.testing._faults import Fault, choose_fault
+from ember.testing._http import HttpError, HttpRequest, Response, read_request
+from ember.testing._records import Recorder, RequestRecord, ServerStats
+from ember.testing._request import InvalidRequest, Provider, parse_anthropic, parse_openai
+
+_PARSERS = {"/v1/chat/completions": parse_openai, "/v1/messages": parse_anthropic}
+
+
+class LoopbackServer:
+    """A local stand-in for the OpenAI and Anthropic APIs, for tests and benchmarks.
+
+    ::
+
+        with LoopbackServer(latency=0.05, faults=[Fault.rate_limit(on=[0])]) as server:
+            client = openai.OpenAI(base_url=server.openai_base_url, api_key="test")
+            ...
+            assert server.requests[1].arrived - server.requests[0].arrived >= 1.0
+
+    Args:
+        latency: seconds every response waits before it is sent; settable while running.
+        responder: answer text for a :class:`LoopbackRequest`; defaults to
+            :func:`default_responder`. Settable while running.
+        faults: failures to inject (see :class:`Fault`); the first matching one applies.
+            Settable while running.
+        seed: seeds the draws of rate-based faults, per request index.
+        models: ids listed by ``GET /v1/models`` (any model id is answered regardless).
+        host, port: where to listen; port 0 picks a free one.
+        backlog: pending-connection queue, large so bursts of connects never stall.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        responder: Responder | None = None,
+        faults: Sequence[Fault] = (),
+        seed: int = 0,
+        models: Sequence[str] = ("loopback",),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        backlog: int = 4096,
+    ) -> None:
+        self.latency = latency
+        self.responder = responder or default_responder
+        self.faults = faults
+        self.seed = seed
+        self.models = tuple(models)
+        self.host, self.port, self._backlog = host, port, backlog
+        self._recorder = Recorder()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+
+    @property
+    def latency(self) -> float:
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"latency must be >= 0, got {seconds}")
+        self._latency = float(seconds)
+
+    @property
+    def faults(self) -> tuple[Fault, ...]:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Sequence[Fault]) -> None:
+        self._faults = tuple(faults)
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``, the Anthropic SDK's ``base_url``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        """``http://HOST:PORT/v1``, the OpenAI SDK's ``base_url``."""
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """``http://HOST:PORT`` (the Anthropic SDK adds ``/v1`` itself)."""
+        return self.url
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A copy of every request's record since the last :meth:`reset`, in arrival order."""
+        return self._recorder.records()
+
+    @property
+    def stats(self) -> ServerStats:
+        return self._recorder.stats()
+
+    def reset(self) -> None:
+        """Clear records and counters and restart request indexes (and so fault schedules) at 0."""
+        self._recorder.reset()
+
+    def start(self) -> LoopbackServer:
+        """Start serving on a background thread; returns once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("the server is already started")
+        ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready),), name="ember-loopback",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+        return self
+
+    def close(self) -> None:
+        """Stop serving: drop open connections and join the server thread."""
+        if self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self) -> LoopbackServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self.url if self._thread is not None else "stopped"
+        return f"LoopbackServer({state}, latency={self.latency}, faults={len(self.faults)})"
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        connections: set[asyncio.Task] = set()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            connections.add(task)
+            self._recorder.connection(+1)
+            try:
+                await self._converse(reader, writer)
+            except asyncio.CancelledError:
+                pass  # close() ends idle and sleeping connections alike; end quietly
+            finally:
+                self._recorder.connection(-1)
+                connections.discard(task)
+                writer.close()
+
+        try:
+            server = await asyncio.start_server(on_connect, self.host, self.port, backlog=self._backlog)
+        except Exception as error:  # surfaced by start() on the calling thread
+            self._startup_error = error
+            ready.set()
+            return
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        await self._stop.wait()
+        server.close()
+        for task in list(connections):
+            task.cancel()
+        await asyncio.gather(*connections, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve requests on one connection until either side closes it."""
+        try:
+            while True:
+                try:
+                    request = await read_request(reader)
+                except HttpError as error:
+                    writer.write(_wire.error("openai", error.status, str(error)).encode(keep_alive=False))
+                    return
+                if request is None or not await self._respond(request, writer):
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return  # the client went away mid-request
+
+    async def _respond(self, request: HttpRequest, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close."""
+        headers = request.headers
+        provider: Provider = "anthropic" if request.path == "/v1/messages" or "anthropic-version" in headers else "openai"
+        try:
+            body = json.loads(request.body) if request.body else None
+        except ValueError:
+            body = None
+            invalid_json = True
+        else:
+            invalid_json = False
+        has_key = bool(headers.get("x-api-key") or headers.get("authorization", "").partition(" ")[2].strip())
+        record = self._recorder.arrive(
+            provider=provider, method=request.method, path=request.path,
+            model=body.get("model") if isinstance(body, dict) else None, body=body,
+            stream=isinstance(body, dict) and bool(body.get("stream")), has_api_key=has_key,
+        )
+        status = None
+        try:
+            fault = choose_fault(self._faults, record.index, provider, request.path, self.seed)
+            record.fault = fault.kind if fault else None
+            delay = self._latency + (fault.delay if fault is not None and fault.kind == "slow" else 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+            if fault is not None and fault.kind == "drop":
+                writer.transport.abort()
+                return False
+            if fault is not None and fault.kind != "slow":
+                response = _wire.fault_response(fault, provider, record.stream)
+            elif invalid_json:
+                response = _wire.error(provider, 400, "the request body is not valid JSON")
+            else:
+                response = self._answer(request, provider, body, record)
+            writer.write(response.encode(request.keep_alive))
+            status = response.status
+            await writer.drain()
+            return request.keep_alive
+        finally:
+            self._recorder.finish(record, status)
+
+    def _answer(self, request: HttpRequest, provider: Provider, body: Any, record: RequestRecord) -> Response:
+        parse = _PARSERS.get(request.path)
+        if request.method == "GET" and request.path == "/v1/models":
+            return _wire.models_list(provider, self.models)
+        if request.method != "POST" or parse is None:
+            return _wire.error(provider, 404, f"Invalid URL ({request.method} {request.path})")
+        try:
+            parsed = parse(body, record.index)
+        except InvalidRequest as error:
+            return _wire.error(provider, 400, str(error))
+        try:
+            completion = complete(parsed, self.responder)
+        except Exception as error:  # a broken responder is the test's bug: report it, keep serving
+            return _wire.error(provider, 500, f"responder raised {type(error).__name__}: {error}")
+        record.answer = completion.text
+        if provider == "openai":
+            return _wire.openai_completion(parsed, completion, int(time.time()))
+        return _wire.anthropic_message(parsed, completion)

@@ -1,0 +1,54 @@
+"""Test-wide setup: 8 fake CPU devices for sharding tests, an isolated Ember home, and the
+``loopback_models`` fixture that routes ``openai:*`` and ``anthropic:*`` to a loopback server.
+
+XLA reads XLA_FLAGS when jax is first imported, so this must run before any test module
+imports jax.
+"""
+
+import os
+import tempfile
+import types
+
+import pytest
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test may reach a real provider or read the developer's own config.
+for _var in list(os.environ):
+    if _var.startswith("EMBER_") or _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+        del os.environ[_var]
+os.environ["HOME"] = tempfile.mkdtemp(prefix="ember-test-home-")
+
+LOOPBACK_KEY = "sk-loopback-planted-key-0123456789"
+
+
+@pytest.fixture
+def loopback_models(monkeypatch, tmp_path):
+    """A fresh app context whose ``openai:*`` / ``anthropic:*`` calls hit a loopback server.
+
+    Yields a namespace with ``server`` (:class:`ember.testing.LoopbackServer`), ``service``
+    (the context's :class:`ModelService`), ``config`` (its ConfigManager) and ``key`` (the
+    planted API key, which must never leak).
+    """
+    from ember._context import get_app_context, reset_app_context
+    from ember.config import create_config_manager, set_config_manager
+    from ember.testing import LoopbackServer
+
+    with LoopbackServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", LOOPBACK_KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.anthropic_base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", LOOPBACK_KEY)
+        monkeypatch.chdir(tmp_path)
+        manager = create_config_manager()
+        # Fast, still exponential, backoff keeps retry tests quick.
+        manager.update_config("model_registry", {"backoff_base": 0.02, "backoff_max": 0.5})
+        set_config_manager(manager)
+        reset_app_context()
+        service = get_app_context().model_service
+        try:
+            yield types.SimpleNamespace(server=server, service=service, config=manager, key=LOOPBACK_KEY)
+        finally:
+            service.close()
+            set_config_manager(None)
+            reset_app_context()
