@@ -86,15 +86,12 @@ class DatasetRegistry:
 
 
 def _builder_spec(builder: type) -> DatasetSpec:
-    def open_split(source_dir: Path, subset: str | None, split: str, cache_dir: Path) -> ItemSource:
-        return builder(source_dir=source_dir, subset=subset, cache_dir=cache_dir).source(split)
-
     return DatasetSpec(
         name=builder.DATASET,
         description=builder.DESCRIPTION,
         task=builder.TASK,
         splits=builder.SPLITS,
-        open=open_split,
+        open=builder.open,
         subsets=builder.SUBSETS,
         default_subset=builder.DEFAULT_SUBSET,
         source=builder.HOW_TO_GET,

@@ -90,17 +90,18 @@ class StratifiedSampler(Sampler):
 
     @staticmethod
     def _allocate(n: int, sizes: np.ndarray) -> np.ndarray:
-        if not len(sizes) or n == 0:
-            return np.zeros(len(sizes), dtype=int)
-        if n >= len(sizes):  # one each first, the rest in proportion to what is left
-            base = np.ones(len(sizes), dtype=int)
-            rest = StratifiedSampler._allocate(n - len(sizes), sizes - 1)
-            return base + rest
-        exact = n * sizes / sizes.sum()
-        quota = np.minimum(np.floor(exact).astype(int), sizes.astype(int))
-        for i in np.argsort(-(exact - quota), kind="stable"):
-            if quota.sum() >= n:
-                break
-            if quota[i] < sizes[i]:
-                quota[i] += 1
-        return quota
+        """Per-stratum counts summing to ``n`` (<= total): one each if n allows, the rest by largest remainder."""
+        sizes = sizes.astype(int)
+        quota = np.ones(len(sizes), dtype=int) if n >= len(sizes) else np.zeros(len(sizes), dtype=int)
+        room = sizes - quota
+        left = n - int(quota.sum())
+        if left <= 0:
+            return quota
+        exact = left * room / room.sum()
+        extra = np.minimum(np.floor(exact).astype(int), room)
+        order = np.argsort(-(exact - extra), kind="stable")
+        while extra.sum() < left:  # capacity-limited strata can leave a shortfall after one pass
+            for i in order:
+                if extra.sum() < left and extra[i] < room[i]:
+                    extra[i] += 1
+        return quota + extra

@@ -85,18 +85,20 @@ class LlamaConfig:
 
 
 class LayerParams(NamedTuple):
-    """One decoder layer's weights, each stacked over layers on axis 0; matrices are
-    ``(in, out)`` so activations multiply on the left."""
+    """One decoder layer's weights, each stacked over layers on axis 0. Matrices keep the
+    file's ``(out, in)`` order: no transpose at load, and XLA:CPU multiplies by a transposed
+    right operand as fast as by a plain one (24-28 ms vs 33 ms for a [32, 576] x [576, 12288]
+    product on the dev machine)."""
 
     attn_norm: jax.Array  # [L, D]
-    wq: jax.Array  # [L, D, H*Dh]
-    wk: jax.Array  # [L, D, Hkv*Dh]
-    wv: jax.Array  # [L, D, Hkv*Dh]
-    wo: jax.Array  # [L, H*Dh, D]
+    wq: jax.Array  # [L, H*Dh, D]
+    wk: jax.Array  # [L, Hkv*Dh, D]
+    wv: jax.Array  # [L, Hkv*Dh, D]
+    wo: jax.Array  # [L, D, H*Dh]
     mlp_norm: jax.Array  # [L, D]
-    w_gate: jax.Array  # [L, D, F]
-    w_up: jax.Array  # [L, D, F]
-    w_down: jax.Array  # [L, F, D]
+    w_gate: jax.Array  # [L, F, D]
+    w_up: jax.Array  # [L, F, D]
+    w_down: jax.Array  # [L, D, F]
 
 
 class LlamaParams(NamedTuple):
@@ -123,23 +125,23 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 def params_from_gguf(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: Any) -> LlamaParams:
     """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``."""
 
-    def layer_stack(name: str, transform=lambda w: w) -> jax.Array:
-        arrays = [transform(tensors[f"blk.{i}.{name}.weight"]) for i in range(config.n_layers)]
-        return jnp.asarray(np.stack(arrays), dtype=dtype)
-
-    def matrix(name: str, transform=lambda w: w) -> jax.Array:  # GGUF (out, in) -> (in, out)
-        return layer_stack(name, lambda w: transform(w).T)
+    def stack(name: str, transform=lambda w: w) -> jax.Array:
+        first = tensors[f"blk.0.{name}.weight"]
+        out = np.empty((config.n_layers, *first.shape), np.float32)
+        for i in range(config.n_layers):
+            out[i] = transform(tensors[f"blk.{i}.{name}.weight"])
+        return jnp.asarray(out, dtype=dtype)
 
     layers = LayerParams(
-        attn_norm=layer_stack("attn_norm"),
-        wq=matrix("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
-        wk=matrix("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
-        wv=matrix("attn_v"),
-        wo=matrix("attn_output"),
-        mlp_norm=layer_stack("ffn_norm"),
-        w_gate=matrix("ffn_gate"),
-        w_up=matrix("ffn_up"),
-        w_down=matrix("ffn_down"),
+        attn_norm=stack("attn_norm"),
+        wq=stack("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
+        wk=stack("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
+        wv=stack("attn_v"),
+        wo=stack("attn_output"),
+        mlp_norm=stack("ffn_norm"),
+        w_gate=stack("ffn_gate"),
+        w_up=stack("ffn_up"),
+        w_down=stack("ffn_down"),
     )
     half = config.head_dim // 2
     inv_freq = config.rope_theta ** (-np.arange(half, dtype=np.float64) * 2 / config.head_dim)
@@ -158,6 +160,11 @@ def params_from_gguf(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dty
 def init_cache(config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCache:
     shape = (config.n_layers, batch, length, config.n_kv_heads, config.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w.T`` for a weight stored ``(out, in)``."""
+    return jnp.einsum("...i,oi->...o", x, w)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -215,18 +222,18 @@ def forward(
         x, k_cache, v_cache = carry
         i, p = inputs
         h = _rms_norm(x, p.attn_norm, config.norm_eps)
-        q = (h @ p.wq).reshape(b, t, config.n_heads, config.head_dim)
-        k = (h @ p.wk).reshape(b, t, config.n_kv_heads, config.head_dim)
-        v = (h @ p.wv).reshape(b, t, config.n_kv_heads, config.head_dim)
+        q = _linear(h, p.wq).reshape(b, t, config.n_heads, config.head_dim)
+        k = _linear(h, p.wk).reshape(b, t, config.n_kv_heads, config.head_dim)
+        v = _linear(h, p.wv).reshape(b, t, config.n_kv_heads, config.head_dim)
         q = _rope(q, positions, params.rope_inv_freq)
         k = _rope(k, positions, params.rope_inv_freq)
         zero = jnp.zeros((), jnp.int32)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (i, zero, slot, zero, zero))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (i, zero, slot, zero, zero))
         attn = _attention(q, k_cache[i], v_cache[i], mask, config)
-        x = x + attn @ p.wo
+        x = x + _linear(attn, p.wo)
         h = _rms_norm(x, p.mlp_norm, config.norm_eps)
-        x = x + (jax.nn.silu(h @ p.w_gate) * (h @ p.w_up)) @ p.w_down
+        x = x + _linear(jax.nn.silu(_linear(h, p.w_gate)) * _linear(h, p.w_up), p.w_down)
         return (x, k_cache, v_cache), None
 
     layer_ids = jnp.arange(config.n_layers, dtype=jnp.int32)

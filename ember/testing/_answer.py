@@ -7,9 +7,7 @@ tokens are the words of the answer after ``stop`` and ``max_tokens`` have cut it
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import operator
 import re
 from collections.abc import Callable
 from fractions import Fraction
@@ -21,12 +19,13 @@ Responder = Callable[[LoopbackRequest], str]
 """Scripts the server: the answer text for one request (before ``stop``/``max_tokens``)."""
 
 _WORD = re.compile(r"\S+")
+_NUMBER = r"-?\d+(?:\.\d+)?"
 _ARITHMETIC = re.compile(
-    r"\s*(?:(?:what\s+is|what's|compute|calculate|evaluate)\s+)?"
-    r"(?P<expression>-?\d+(?:\.\d+)?(?:\s*[-+*/x×]\s*-?\d+(?:\.\d+)?)+)\s*[?=.]?\s*",
+    rf"\s*(?:(?:what\s+is|what's|compute|calculate|evaluate)\s+)?"
+    rf"(?P<first>{_NUMBER})(?P<rest>(?:\s*[-+*/x×]\s*{_NUMBER})+)\s*[?=.]?\s*",
     re.IGNORECASE,
 )
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_OPERATION = re.compile(rf"\s*([-+*/x×])\s*({_NUMBER})")
 
 
 def count_tokens(text: str) -> int:
@@ -38,28 +37,37 @@ def default_responder(request: LoopbackRequest) -> str:
     """Answer a last user message that is simple arithmetic, else echo it, naming the model.
 
     ``"What is 17 + 25?"`` (or ``"17+25"``, ``"calculate 6 x 7"``) is answered ``"42"``: exact
-    rational arithmetic with ``+ - * / x``, so pipelines can be checked for right answers.
-    Anything else is answered ``[MODEL] You said: "LAST USER MESSAGE"``, deterministic and
-    traceable to the request that produced it.
+    arithmetic with ``+ - * / x`` and the usual precedence, so pipelines can be checked for
+    right answers. Anything else is answered ``[MODEL] You said: "LAST USER MESSAGE"``,
+    deterministic and traceable to the request that produced it.
     """
     question = request.last_user_message
     match = _ARITHMETIC.fullmatch(question)
-    if match:
-        try:
-            value = _evaluate(ast.parse(match["expression"].replace("×", "*").replace("x", "*"), mode="eval").body)
-        except ZeroDivisionError:
-            pass
+    answer = match and _calculate(match["first"], _OPERATION.findall(match["rest"]))
+    return answer or f'[{request.model}] You said: "{question}"'
+
+
+def _calculate(first: str, operations: list[tuple[str, str]]) -> str | None:
+    """Exact value of ``first (op number)...``, or None on division by zero."""
+    total, term = 0, _number(first)
+    for op, text in operations:
+        value = _number(text)
+        if op in "+-":
+            total, term = total + term, value if op == "+" else -value
+        elif op == "/":
+            if value == 0:
+                return None
+            term = Fraction(term) / value
         else:
-            return str(value.numerator) if value.denominator == 1 else format(float(value), ".10g")
-    return f'[{request.model}] You said: "{question}"'
+            term *= value
+    total += term
+    if isinstance(total, Fraction) and total.denominator != 1:
+        return format(float(total), ".10g")
+    return str(int(total))
 
 
-def _evaluate(node: ast.expr) -> Fraction:
-    if isinstance(node, ast.BinOp):
-        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
-    if isinstance(node, ast.UnaryOp):
-        return -_evaluate(node.operand)
-    return Fraction(str(node.value))  # the regex admits only numbers, + - * / and unary minus
+def _number(text: str) -> int | Fraction:
+    return Fraction(text) if "." in text else int(text)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -35,8 +35,11 @@ _MALFORMED_STREAM = {
 }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one shared encoder: json.dumps(separators=) builds one per call
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def openai_completion(request: LoopbackRequest, completion: Completion, created: int) -> Response:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import random
+import shutil
 import logging
 import threading
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from ember.data._errors import MissingDataFilesError, UnknownDatasetError
+from ember.data._errors import CorruptDataFileError, DatasetError, MissingDataFilesError, UnknownDatasetError
 from ember.data._item import DatasetItem
 
 __all__ = ["BenchmarkBuilder", "BenchmarkSource", "shuffle_options"]
@@ -58,6 +59,9 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
     """
 
     VERSION = tfds.core.Version("1.0.0")
+    # tfds looks for download checksums next to a builder's module; there are no downloads
+    # here, and the lookup needs importlib_resources, which tfds does not install.
+    code_path = None
     DATASET: ClassVar[str]  # Ember's registry name
     DESCRIPTION: ClassVar[str]
     HOW_TO_GET: ClassVar[str]
@@ -69,14 +73,33 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, source_dir: str | Path, subset: str | None = None, cache_dir: str | Path, **kwargs: Any) -> None:
         self.source_dir = Path(source_dir).expanduser()
         self.subset = self.resolve_subset(self.source_dir, subset)
-        self._present = {split: self._split_files_present(split) for split in self.SPLITS}
-        fingerprint = self._fingerprint()
+        self._present = {split: self._split_files_present(self.source_dir, self.subset, split) for split in self.SPLITS}
         super().__init__(
-            data_dir=str(Path(cache_dir).expanduser() / fingerprint),
+            data_dir=str(self.prepared_root(self.source_dir, self.subset, Path(cache_dir).expanduser())),
             config=tfds.core.BuilderConfig(name=self.subset, version=self.VERSION),
             file_format="array_record",
             **kwargs,
         )
+
+    @classmethod
+    def open(cls, source_dir: Path, subset: str | None, split: str, cache_dir: Path) -> BenchmarkSource:
+        """Prepare (once per fingerprint) and open ``split``; a damaged prepared copy is rebuilt once.
+
+        The prepared copy is derived data: if it cannot be read (a truncated file, an
+        interrupted disk), it is deleted and prepared again from the source files.
+        """
+        for attempt in (1, 2):
+            try:
+                return cls(source_dir=source_dir, subset=subset, cache_dir=cache_dir).source(split)
+            except DatasetError:
+                raise
+            except Exception as error:  # noqa: BLE001 - tfds and array_record raise many types for bad files
+                root = cls.prepared_root(Path(source_dir), cls.resolve_subset(Path(source_dir), subset), Path(cache_dir))
+                if attempt == 2 or not root.exists():
+                    raise CorruptDataFileError(root, f"prepared copy unreadable ({type(error).__name__}: {error})") from error
+                logger.warning("%s: prepared copy at %s unreadable (%s); preparing again", cls.DATASET, root, error)
+                shutil.rmtree(root)
+        raise AssertionError("unreachable")
 
     # --- what a subclass provides ------------------------------------------------------
 
@@ -107,17 +130,18 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
             raise UnknownDatasetError("subset", subset, known, where=cls.DATASET)
         return subset
 
-    def _subset_names(self) -> tuple[str, ...]:
-        if self.subset != ALL:
-            return (self.subset,)
-        return self.discover_subsets(self.source_dir)
+    @classmethod
+    def _subset_names(cls, source_dir: Path, subset: str) -> tuple[str, ...]:
+        return cls.discover_subsets(source_dir) if subset == ALL else (subset,)
 
-    def _subset_files(self, split: str) -> tuple[str, ...]:
-        return tuple(rel for name in self._subset_names() for rel in self.files(name, split))
+    @classmethod
+    def _subset_files(cls, source_dir: Path, subset: str, split: str) -> tuple[str, ...]:
+        return tuple(rel for name in cls._subset_names(source_dir, subset) for rel in cls.files(name, split))
 
-    def _split_files_present(self, split: str) -> bool:
-        files = self._subset_files(split)
-        return bool(files) and all((self.source_dir / rel).is_file() for rel in files)
+    @classmethod
+    def _split_files_present(cls, source_dir: Path, subset: str, split: str) -> bool:
+        files = cls._subset_files(source_dir, subset, split)
+        return bool(files) and all((source_dir / rel).is_file() for rel in files)
 
     @classmethod
     def missing_files_error(cls, source_dir: Path, subset: str, split: str) -> MissingDataFilesError:
@@ -126,15 +150,17 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
         missing = [rel for rel in expected if not (source_dir / rel).is_file()]
         return MissingDataFilesError(f"{cls.DATASET} ({subset}, split {split!r})", source_dir, expected, missing, cls.HOW_TO_GET)
 
-    def _fingerprint(self) -> str:
-        digest = hashlib.sha256(f"{self.name}/{self.VERSION}/{self.subset}".encode())
-        for split in self.SPLITS:
-            if not self._present[split]:
+    @classmethod
+    def prepared_root(cls, source_dir: Path, subset: str, cache_dir: Path) -> Path:
+        """``cache_dir/<dataset>/<fingerprint>``: the fingerprint covers the present files' paths, sizes and mtimes."""
+        digest = hashlib.sha256(f"{cls.name}/{cls.VERSION}/{subset}".encode())
+        for split in cls.SPLITS:
+            if not cls._split_files_present(source_dir, subset, split):
                 continue
-            for rel in self._subset_files(split):
-                stat = (self.source_dir / rel).stat()
+            for rel in cls._subset_files(source_dir, subset, split):
+                stat = (source_dir / rel).stat()
                 digest.update(f"\0{split}\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
+        return cache_dir / cls.DATASET / digest.hexdigest()[:16]
 
     # --- tensorflow-datasets protocol --------------------------------------------------
 
@@ -160,7 +186,7 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split) for split in self.SPLITS if self._present[split]}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        for name in self._subset_names():
+        for name in self._subset_names(self.source_dir, self.subset):
             for rel in self.files(name, split):
                 for item in self.parse(self.source_dir / rel, name, split):
                     yield item.id, {

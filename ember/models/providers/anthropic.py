@@ -31,13 +31,14 @@ class AnthropicProvider(Provider):
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
+        import anthropic  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
+
+        self._sdk = anthropic
         self._sdk_client = None
 
     def _client(self):
         if self._sdk_client is None:
-            import anthropic
-
-            self._sdk_client = anthropic.AsyncAnthropic(
+            self._sdk_client = self._sdk.AsyncAnthropic(
                 api_key=self.settings.api_key.get_secret_value() if self.settings.api_key else None,
                 base_url=self.settings.base_url,
                 max_retries=0,
@@ -63,13 +64,11 @@ class AnthropicProvider(Provider):
         return payload
 
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
-        import anthropic
-
-        client = self._client()
+        client, sdk = self._client(), self._sdk
         try:
             response = await client.messages.create(**self._payload(request), timeout=request.timeout)
-        except (anthropic.AnthropicError, json.JSONDecodeError) as exc:
-            raise map_sdk_error(exc, anthropic, request.model_id) from None
+        except (sdk.AnthropicError, json.JSONDecodeError) as exc:
+            raise map_sdk_error(exc, sdk, request.model_id) from None
         blocks = getattr(response, "content", None)
         texts = [block.text for block in blocks or () if getattr(block, "type", None) == "text"]
         if not texts:

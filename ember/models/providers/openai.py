@@ -38,14 +38,15 @@ class OpenAIProvider(Provider):
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
+        import openai  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
+
+        self._sdk = openai
         self._sdk_client = None
 
     def _client(self):
         if self._sdk_client is None:
-            import openai
-
             key = self.settings.api_key.get_secret_value() if self.settings.api_key else "not-needed"
-            self._sdk_client = openai.AsyncOpenAI(
+            self._sdk_client = self._sdk.AsyncOpenAI(
                 api_key=key, base_url=self.settings.base_url, max_retries=0, timeout=self.settings.timeout
             )
         return self._sdk_client
@@ -75,13 +76,11 @@ class OpenAIProvider(Provider):
         return payload
 
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
-        import openai
-
-        client = self._client()
+        client, sdk = self._client(), self._sdk
         try:
             response = await client.chat.completions.create(**self._payload(request), timeout=request.timeout)
-        except (openai.OpenAIError, json.JSONDecodeError) as exc:
-            raise map_sdk_error(exc, openai, request.model_id) from None
+        except (sdk.OpenAIError, json.JSONDecodeError) as exc:
+            raise map_sdk_error(exc, sdk, request.model_id) from None
         choices = getattr(response, "choices", None)
         if not choices or choices[0].message is None or choices[0].message.content is None:
             raise MalformedResponseError(

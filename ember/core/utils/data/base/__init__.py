@@ -1,0 +1,1 @@
+"""Seed import path for the data layer's building blocks."""

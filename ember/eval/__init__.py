@@ -1,0 +1,47 @@
+"""Evaluation: evaluators, metrics with bootstrap intervals, a resumable pipeline, reports."""
+
+from ember.eval._budget import CostBudget
+from ember.eval._choice import MultipleChoiceEvaluator, extract_choice
+from ember.eval._evaluator import EvaluationResult, Evaluator, RoutedEvaluator
+from ember.eval._journal import Journal, JournalMismatchError
+from ember.eval._judge import JUDGE_TEMPLATE, LLMJudgeEvaluator
+from ember.eval._metrics import Interval, bootstrap_ci, percentiles
+from ember.eval._numeric import NumericEvaluator, extract_number, parse_number
+from ember.eval._pipeline import EvaluationPipeline, compare_systems, render_prompt
+from ember.eval._results import EvaluationResults, ItemRecord, RecordView
+from ember.eval._systems import FunctionSystem, ModelSystem, System, SystemOutput, as_system
+from ember.eval._text import ExactMatchEvaluator, RegexEvaluator, TokenF1Evaluator, normalize_text
+
+__all__ = [
+    "EvaluationPipeline",
+    "compare_systems",
+    "render_prompt",
+    "EvaluationResults",
+    "ItemRecord",
+    "RecordView",
+    "Evaluator",
+    "EvaluationResult",
+    "RoutedEvaluator",
+    "ExactMatchEvaluator",
+    "TokenF1Evaluator",
+    "RegexEvaluator",
+    "MultipleChoiceEvaluator",
+    "NumericEvaluator",
+    "LLMJudgeEvaluator",
+    "JUDGE_TEMPLATE",
+    "normalize_text",
+    "extract_choice",
+    "extract_number",
+    "parse_number",
+    "Interval",
+    "bootstrap_ci",
+    "percentiles",
+    "Journal",
+    "JournalMismatchError",
+    "CostBudget",
+    "System",
+    "SystemOutput",
+    "ModelSystem",
+    "FunctionSystem",
+    "as_system",
+]

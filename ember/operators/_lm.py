@@ -1,0 +1,124 @@
+"""LMModule: one model and its sampling settings -- the operators' only door to a model.
+
+Every call goes through :class:`~ember.models.ModelService`, so retries, rate limits, the
+response cache and usage accounting apply however operators are nested. Fan-out uses
+``service.submit``: N calls are started on Ember's shared I/O loop at once and collected
+afterwards, so concurrency is bounded by the shared per-model budget, never by threads.
+
+:meth:`LMModule.generate` turns a :class:`Specification` into a structured answer: it asks
+for JSON, parses and validates it, and on failure makes exactly one repair call that shows
+the model its answer and the error, then raises :class:`StructuredOutputError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel
+
+from ember.operators._errors import StructuredOutputError
+from ember.operators._operator import Operator
+from ember.operators._specification import Specification
+
+if TYPE_CHECKING:
+    from ember.models import ModelResponse, ModelService
+
+__all__ = ["LMModule", "LMOperator", "gather"]
+
+T = TypeVar("T")
+InT = TypeVar("InT")
+OutT = TypeVar("OutT")
+Prompt = str | Sequence[Mapping[str, str]]
+
+
+def gather(futures: Sequence[concurrent.futures.Future[T]]) -> list[T]:
+    """Results in order; on the first failure, cancel the rest and raise it."""
+    done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+    if pending:
+        for future in pending:
+            future.cancel()
+        next(f for f in done if f.exception() is not None).result()
+    return [future.result() for future in futures]
+
+
+@dataclasses.dataclass(frozen=True)
+class LMModule:
+    """A model id with sampling settings; ``model_service=None`` means the app context's.
+
+    >>> lm = LMModule("openai:gpt-4o", temperature=0.7)          # doctest: +SKIP
+    >>> lm("Name a prime number.")                                  # doctest: +SKIP
+    '7'
+    """
+
+    model_name: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    model_service: ModelService | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name.strip():
+            raise ValueError(f"model_name must be a non-empty string, got {self.model_name!r}")
+
+    @property
+    def service(self) -> ModelService:
+        """The service calls go through, resolved at call time."""
+        if self.model_service is not None:
+            return self.model_service
+        from ember._context import get_app_context  # the context is built on first use
+
+        return get_app_context().model_service
+
+    def submit(self, prompt: Prompt, *, sample_index: int = 0) -> concurrent.futures.Future[ModelResponse]:
+        """Start one call and return its future at once (for fan-out)."""
+        return self.service.submit(
+            self.model_name,
+            prompt,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            sample_index=sample_index,
+        )
+
+    def __call__(self, prompt: Prompt, *, sample_index: int = 0) -> str:
+        """Call the model and return the answer's text."""
+        return self.submit(prompt, sample_index=sample_index).result().text
+
+    def generate(self, spec: Specification[Any, OutT], inputs: Mapping[str, Any] | BaseModel) -> OutT:
+        """The structured answer to ``spec``'s prompt for ``inputs``."""
+        return self.generate_all(spec, [inputs])[0]
+
+    def generate_all(self, spec: Specification[Any, OutT], batch: Sequence[Mapping[str, Any] | BaseModel]) -> list[OutT]:
+        """Structured answers for many inputs: all first calls, then all repairs, concurrently."""
+        validated = [spec.validate_inputs(inputs) for inputs in batch]
+        prompts = [f"{spec.render_prompt(inputs)}\n\n{spec.output_instructions()}" for inputs in validated]
+        answers = [response.text for response in gather([self.submit(p) for p in prompts])]
+        results: list[Any] = [None] * len(batch)
+        repairs: dict[int, concurrent.futures.Future[ModelResponse]] = {}
+        for i, answer in enumerate(answers):
+            try:
+                results[i] = spec.parse_output(answer, inputs=validated[i])
+            except StructuredOutputError as error:
+                repairs[i] = self.submit(spec.repair_prompt(prompts[i], answer, error))
+        for i, response in zip(repairs, gather(list(repairs.values()))):
+            try:
+                results[i] = spec.parse_output(response.text, inputs=validated[i])
+            except StructuredOutputError as error:
+                raise StructuredOutputError(
+                    error.reason, text=response.text, attempts=2, model_id=self.model_name
+                ) from None
+        return results
+
+
+class LMOperator(Operator[InT, OutT]):
+    """Base of operators backed by one model: the four fields below, and :attr:`lm`."""
+
+    model_name: str
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    model_service: ModelService | None = None
+
+    @property
+    def lm(self) -> LMModule:
+        return LMModule(self.model_name, self.temperature, self.max_tokens, self.model_service)

@@ -1,0 +1,57 @@
+"""Parallel: several sub-networks answer the same inputs; their answers are pooled.
+
+This is how sub-networks are ensembled: ``Parallel([net_a, net_b])`` followed by a judge
+gives the judge both networks' answers. A branch contributes its ``final_answer`` or, if
+it has none, its ``responses``. Branches run at once, each on a thread that only waits on
+its model futures; the model calls themselves share the models layer's one budget, so
+nesting does not multiply the number of requests in flight. Each thread runs in a copy of
+the caller's ``contextvars`` context, so context-local settings reach every branch.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+from collections.abc import Sequence
+from typing import Any
+
+from ember.operators._ensemble import EnsembleOutput
+from ember.operators._errors import InvalidOutputError
+from ember.operators._lm import gather
+from ember.operators._operator import Operator
+from ember.operators._registry import register_operator
+
+__all__ = ["Parallel"]
+
+
+def _answers(output: Any, where: str) -> list[str]:
+    final = getattr(output, "final_answer", None)
+    if isinstance(final, str):
+        return [final]
+    responses = getattr(output, "responses", None)
+    if isinstance(responses, list) and all(isinstance(r, str) for r in responses):
+        return responses
+    raise InvalidOutputError(f"{where} returned neither a final_answer nor responses: {output!r:.120}")
+
+
+@register_operator
+class Parallel(Operator[Any, EnsembleOutput]):
+    """Run every branch on the same inputs; ``responses`` pools their answers in order."""
+
+    branches: Sequence[Operator]
+
+    def __post_init__(self) -> None:
+        self.branches = tuple(self.branches)
+        if not self.branches or not all(isinstance(op, Operator) for op in self.branches):
+            raise ValueError("Parallel needs a non-empty sequence of operators")
+
+    def forward(self, *, inputs: Any) -> EnsembleOutput:
+        with concurrent.futures.ThreadPoolExecutor(len(self.branches), thread_name_prefix="ember-branch") as pool:
+            futures = [
+                pool.submit(contextvars.copy_context().run, branch.__call__, inputs=inputs) for branch in self.branches
+            ]
+            outputs = gather(futures)
+        responses = []
+        for k, (branch, output) in enumerate(zip(self.branches, outputs)):
+            responses += _answers(output, f"branch {k} ({type(branch).__name__})")
+        return EnsembleOutput(responses=responses)
