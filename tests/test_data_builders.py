@@ -184,3 +184,21 @@ def test_prepared_data_is_a_plain_tfds_data_source(service, tmp_path):
     version_dir = next((tmp_path / "cache" / "gsm8k").glob("*/ember_gsm8k/main/1.0.0"))
     source = tfds.builder_from_directory(str(version_dir)).as_data_source(split="test")
     assert len(source) == 3 and source[0]["answer"] == b"12"
+
+
+def test_damaged_prepared_copy_is_rebuilt(service, tmp_path):
+    assert len(list(service.load_dataset("gsm8k"))) == 3
+    for path in (tmp_path / "cache" / "gsm8k").rglob("*test.array_record*"):
+        with open(path, "r+b") as f:
+            f.truncate(100)
+    assert len(list(service.load_dataset("gsm8k"))) == 3
+    for path in (tmp_path / "cache" / "gsm8k").rglob("dataset_info.json"):
+        path.write_text("{broken")
+    assert len(list(service.load_dataset("gsm8k"))) == 3
+
+
+def test_duplicate_ids_in_a_file_are_refused(service, data_dir):
+    path = data_dir / "commonsenseqa/dev_rand_split.jsonl"
+    path.write_text(path.read_text() + path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(CorruptDataFileError, match="occurs twice"):
+        service.load_dataset("commonsenseqa")

@@ -34,8 +34,8 @@ from ember.eval._journal import Journal
 from ember.eval._metrics import bootstrap_ci, percentiles
 from ember.eval._progress import ProgressDisplay
 from ember.eval._results import EvaluationResults, ItemRecord, RecordView
-from ember.eval._systems import System, as_system
-from ember.models import BudgetExceededError, ModelError, UsageStats
+from ember.eval._systems import System, SystemFailure, as_system
+from ember.models import BudgetExceededError, ProviderError, UsageStats
 
 __all__ = ["EvaluationPipeline", "compare_systems", "render_prompt"]
 
@@ -117,9 +117,13 @@ class _Run:
             output = await system.arun(render_prompt(item, self.prompt))
         except BudgetExceededError:
             raise
-        except ModelError as error:  # the system failed after the service's retries: journal it, retry on resume
-            attempts = getattr(error, "attempts", 1)
-            return ItemRecord(name, item.id, position, None, {}, {}, {}, time.perf_counter() - started, 0.0, 0, 0, 1, attempts, str(error))
+        except (ProviderError, SystemFailure) as error:  # failed after the service's retries: journal, retry on resume
+            latency = time.perf_counter() - started
+            usage: UsageStats = getattr(error, "usage", UsageStats())  # failed HTTP calls are not billed
+            return ItemRecord(
+                name, item.id, position, None, {}, {}, {}, latency, usage.cost_usd, usage.input_tokens,
+                usage.output_tokens, getattr(error, "calls", 1), error.attempts, str(error),
+            )  # fmt: skip
         latency = time.perf_counter() - started
         scores, correct, details, usage = {}, {}, {}, output.usage
         for metric, evaluator in zip(self.names, self.evaluators):

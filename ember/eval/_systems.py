@@ -17,12 +17,20 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ember.models import ModelResponse, UsageStats
+from ember.models import EmberError, ModelResponse, UsageStats
 
 if TYPE_CHECKING:
     from ember.models import ModelService
 
-__all__ = ["SystemOutput", "System", "ModelSystem", "FunctionSystem", "as_system"]
+__all__ = ["SystemOutput", "SystemFailure", "System", "ModelSystem", "FunctionSystem", "as_system"]
+
+
+class SystemFailure(EmberError):
+    """A system failed on one item (e.g. a model's output could not be used): journaled as an error, retried on resume."""
+
+    def __init__(self, message: str, *, attempts: int = 1, calls: int = 1, usage: UsageStats | None = None) -> None:
+        self.attempts, self.calls, self.usage = attempts, calls, usage or UsageStats()
+        super().__init__(message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,8 +119,8 @@ def as_system(system: Any, *, name: str | None = None, service: ModelService | N
     if isinstance(system, str):
         from ember.eval._operator_system import OperatorSystem, is_compact_notation
 
-        if is_compact_notation(system):
-            return OperatorSystem.from_notation(system, name=name)
+        if is_compact_notation(system):  # sampling settings live in the notation itself
+            return OperatorSystem.from_notation(system, name=name, service=service)
         return ModelSystem(system, service=service, name=name, **params)
     from ember.eval._operator_system import OperatorSystem, is_operator
 

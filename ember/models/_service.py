@@ -186,6 +186,8 @@ class ModelService:
             backoff_max=section.backoff_max,
         )
         with self._lock:
+            if len(self._routes) >= _MAX_ROUTES:  # every config scope is a new revision: stay bounded
+                self._routes.clear()
             self._routes[key] = route
         return route
 
@@ -291,6 +293,7 @@ class ModelService:
                 stats.waiting_to_retry -= 1
 
 
+_MAX_ROUTES = 4096
 _PARAMS = frozenset(
     {"system", "temperature", "max_tokens", "stop", "seed", "top_p", "response_format", "sample_index", "timeout", "extra"}
 )

@@ -20,15 +20,17 @@ from ember.operators._errors import InvalidOutputError
 from ember.operators._lm import gather
 from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
+from ember.operators._sequential import as_fields
 
 __all__ = ["Parallel"]
 
 
 def _answers(output: Any, where: str) -> list[str]:
-    final = getattr(output, "final_answer", None)
+    fields = as_fields(output, where)
+    final = fields.get("final_answer")
     if isinstance(final, str):
         return [final]
-    responses = getattr(output, "responses", None)
+    responses = fields.get("responses")
     if isinstance(responses, list) and all(isinstance(r, str) for r in responses):
         return responses
     raise InvalidOutputError(f"{where} returned neither a final_answer nor responses: {output!r:.120}")

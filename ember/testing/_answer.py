@@ -8,6 +8,7 @@ tokens are the words of the answer after ``stop`` and ``max_tokens`` have cut it
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Callable
 from fractions import Fraction
@@ -22,10 +23,10 @@ _WORD = re.compile(r"\S+")
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _ARITHMETIC = re.compile(
     rf"\s*(?:(?:what\s+is|what's|compute|calculate|evaluate)\s+)?"
-    rf"(?P<first>{_NUMBER})(?P<rest>(?:\s*[-+*/x×]\s*{_NUMBER})+)\s*[?=.]?\s*",
+    rf"(?P<first>{_NUMBER})(?P<rest>(?:\s*[-+*/x]\s*{_NUMBER})+)\s*[?=.]?\s*",
     re.IGNORECASE,
 )
-_OPERATION = re.compile(rf"\s*([-+*/x×])\s*({_NUMBER})")
+_OPERATION = re.compile(rf"\s*([-+*/x])\s*({_NUMBER})")
 
 
 def count_tokens(text: str) -> int:
@@ -92,9 +93,9 @@ def complete(request: LoopbackRequest, responder: Responder) -> Completion:
     if cuts:
         position, hit = min(cuts)
         text, finish = text[:position], "stop_sequence"
-    words = list(_WORD.finditer(text))
-    if request.max_tokens is not None and len(words) > request.max_tokens:
-        text = text[: words[request.max_tokens - 1].end()] if request.max_tokens else ""
-        finish, hit, words = "length", None, words[: request.max_tokens]
+    tokens, limit = count_tokens(text), request.max_tokens
+    if limit is not None and tokens > limit:
+        ends = [word.end() for word in itertools.islice(_WORD.finditer(text), limit)]
+        text, tokens, finish, hit = text[: ends[-1] if ends else 0], limit, "length", None
     prompt_tokens = sum(count_tokens(m["content"]) for m in request.messages)
-    return Completion(text, finish, hit, prompt_tokens, len(words))
+    return Completion(text, finish, hit, prompt_tokens, tokens)

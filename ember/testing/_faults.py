@@ -32,7 +32,7 @@ class Fault:
     on: frozenset[int] | None = None
     provider: Literal["openai", "anthropic"] | None = None
     path: str | None = None
-    status: int | None = None  # rate_limit, server_error, context_length, malformed
+    status: int | None = None  # server_error
     retry_after: float | None = None  # rate_limit
     delay: float | None = None  # slow
 
@@ -46,18 +46,28 @@ class Fault:
 
     @classmethod
     def rate_limit(
-        cls, retry_after: float = 1.0, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        retry_after: float = 1.0,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """HTTP 429 with ``retry-after`` (seconds) and ``retry-after-ms`` headers."""
         if retry_after < 0:
             raise ValueError(f"retry_after must be >= 0, got {retry_after}")
-        return cls("rate_limit", rate, _indexes(on), provider, path, status=429, retry_after=retry_after)
+        return cls("rate_limit", rate, _indexes(on), provider, path, retry_after=retry_after)
 
     @classmethod
     def server_error(
-        cls, status: int = 500, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        status: int = 500,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """An HTTP 5xx in the provider's error format (529 is Anthropic's "overloaded")."""
         if not 500 <= status <= 599:
@@ -66,8 +76,13 @@ class Fault:
 
     @classmethod
     def slow(
-        cls, delay: float, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        delay: float,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """A normal answer, ``delay`` seconds later than usual: set it past the client's timeout."""
         if delay < 0:
@@ -76,28 +91,40 @@ class Fault:
 
     @classmethod
     def malformed(
-        cls, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """HTTP 200 whose JSON (or, when streaming, whose first event's JSON) is cut short."""
-        return cls("malformed", rate, _indexes(on), provider, path, status=200)
+        return cls("malformed", rate, _indexes(on), provider, path)
 
     @classmethod
     def drop(
-        cls, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """The connection is closed after the request is read, with no response at all."""
         return cls("drop", rate, _indexes(on), provider, path)
 
     @classmethod
     def context_length(
-        cls, *, rate: float | None = None, on: Iterable[int] | None = None,
-        provider: Literal["openai", "anthropic"] | None = None, path: str | None = None,
+        cls,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
     ) -> Fault:
         """HTTP 400 "prompt too long": OpenAI code ``context_length_exceeded``,
         Anthropic ``invalid_request_error`` "prompt is too long"."""
-        return cls("context_length", rate, _indexes(on), provider, path, status=400)
+        return cls("context_length", rate, _indexes(on), provider, path)
 
 
 def _indexes(on: Iterable[int] | None) -> frozenset[int] | None:

@@ -48,7 +48,7 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+        headers[name.lower()] = value.strip()
     if "transfer-encoding" in headers:
         raise HttpError(501, "chunked request bodies are not supported; send Content-Length")
     try:

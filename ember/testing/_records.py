@@ -49,7 +49,7 @@ class Recorder:
     """The server's log and counters; mutated on the loop thread, read from any thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.Lock())  # notified on arrivals, for wait_for_in_flight
         self._records: list[RequestRecord] = []
         self._in_flight = self._max_in_flight = self._connections = 0
 
@@ -60,6 +60,7 @@ class Recorder:
             self._records.append(record)
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._lock.notify_all()
             return record
 
     def finish(self, record: RequestRecord, status: int | None) -> None:
@@ -72,12 +73,18 @@ class Recorder:
             self._connections += delta
 
     def records(self) -> list[RequestRecord]:
+        """Finished records are never written again, so only the in-flight ones are copied."""
         with self._lock:
-            return [dataclasses.replace(r) for r in self._records]
+            return [r if r.finished is not None else dataclasses.replace(r) for r in self._records]
 
     def stats(self) -> ServerStats:
         with self._lock:
             return ServerStats(len(self._records), self._in_flight, self._max_in_flight, self._connections)
+
+    def wait_for_in_flight(self, count: int, timeout: float) -> None:
+        with self._lock:
+            if not self._lock.wait_for(lambda: self._in_flight >= count, timeout):
+                raise TimeoutError(f"{self._in_flight} requests in flight after {timeout} s, waited for {count}")
 
     def reset(self) -> None:
         """Forget every record and restart indexes at 0; requests still in flight stay counted."""

@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ember.testing import _wire
@@ -23,6 +23,7 @@ from ember.testing._records import Recorder, RequestRecord, ServerStats
 from ember.testing._request import InvalidRequest, Provider, parse_anthropic, parse_openai
 
 _PARSERS = {"/v1/chat/completions": parse_openai, "/v1/messages": parse_anthropic}
+_NOT_JSON = object()
 
 
 class LoopbackServer:
@@ -69,6 +70,7 @@ class LoopbackServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._gate: asyncio.Event | None = None  # set while responses flow, cleared by pause()
         self._startup_error: BaseException | None = None
 
     @property
@@ -117,18 +119,47 @@ class LoopbackServer:
         """Clear records and counters and restart request indexes (and so fault schedules) at 0."""
         self._recorder.reset()
 
+    def pause(self) -> None:
+        """Hold every response (after its latency) until :meth:`resume`; requests still arrive.
+
+        With :meth:`wait_for_in_flight` this makes concurrency checks exact: pause, fire the
+        calls, wait until N are in flight, resume."""
+        self._in_loop(lambda: self._gate.clear())
+
+    def resume(self) -> None:
+        """Release the responses held since :meth:`pause`."""
+        self._in_loop(lambda: self._gate.set())
+
+    def _in_loop(self, action: Callable[[], object]) -> None:
+        """Run ``action`` on the server's loop and wait for it, so it has taken effect on return."""
+        if self._thread is None:
+            raise RuntimeError("the server is not running; start() it first")
+        if threading.current_thread() is self._thread:  # e.g. from a responder
+            action()
+            return
+
+        async def call() -> None:
+            action()
+
+        asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def wait_for_in_flight(self, count: int, timeout: float = 10.0) -> None:
+        """Block until at least ``count`` requests are in flight; TimeoutError after ``timeout`` s."""
+        self._recorder.wait_for_in_flight(count, timeout)
+
     def start(self) -> LoopbackServer:
         """Start serving on a background thread; returns once the port is bound."""
         if self._thread is not None:
             raise RuntimeError("the server is already started")
         ready = threading.Event()
-        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(ready),), name="ember-loopback",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(ready),), name="ember-loopback", daemon=True
+        )
         self._thread.start()
         ready.wait()
         if self._startup_error is not None:
             self._thread.join()
-            self._thread = None
+            self._thread = self._loop = None
             raise self._startup_error
         return self
 
@@ -138,7 +169,7 @@ class LoopbackServer:
             return
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join()
-        self._thread = None
+        self._thread = self._loop = None
 
     def __enter__(self) -> LoopbackServer:
         return self.start()
@@ -151,7 +182,8 @@ class LoopbackServer:
         return f"LoopbackServer({state}, latency={self.latency}, faults={len(self.faults)})"
 
     async def _serve(self, ready: threading.Event) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._loop, self._stop, self._gate = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        self._gate.set()
         connections: set[asyncio.Task] = set()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -199,42 +231,40 @@ class LoopbackServer:
     async def _respond(self, request: HttpRequest, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         headers = request.headers
-        provider: Provider = "anthropic" if request.path == "/v1/messages" or "anthropic-version" in headers else "openai"
-        try:
-            body = json.loads(request.body) if request.body else None
-        except ValueError:
-            body = None
-            invalid_json = True
-        else:
-            invalid_json = False
-        has_key = bool(headers.get("x-api-key") or headers.get("authorization", "").partition(" ")[2].strip())
-        record = self._recorder.arrive(
-            provider=provider, method=request.method, path=request.path,
-            model=body.get("model") if isinstance(body, dict) else None, body=body,
-            stream=isinstance(body, dict) and bool(body.get("stream")), has_api_key=has_key,
+        provider: Provider = (
+            "anthropic" if request.path == "/v1/messages" or "anthropic-version" in headers else "openai"
         )
-        status = None
+        body = _decode_json(request.body)
+        fields = body if isinstance(body, dict) else {}
+        record = self._recorder.arrive(
+            provider=provider,
+            method=request.method,
+            path=request.path,
+            model=fields.get("model"),
+            body=None if body is _NOT_JSON else body,
+            stream=bool(fields.get("stream")),
+            has_api_key=bool(headers.get("x-api-key") or headers.get("authorization", "").partition(" ")[2].strip()),
+        )
+        response = None
         try:
             fault = choose_fault(self._faults, record.index, provider, request.path, self.seed)
-            record.fault = fault.kind if fault else None
-            delay = self._latency + (fault.delay if fault is not None and fault.kind == "slow" else 0.0)
+            record.fault = kind = fault and fault.kind
+            delay = self._latency + (fault.delay if kind == "slow" else 0.0)
             if delay:
                 await asyncio.sleep(delay)
-            if fault is not None and fault.kind == "drop":
-                writer.transport.abort()
-                return False
-            if fault is not None and fault.kind != "slow":
-                response = _wire.fault_response(fault, provider, record.stream)
-            elif invalid_json:
-                response = _wire.error(provider, 400, "the request body is not valid JSON")
-            else:
+            await self._gate.wait()
+            if kind in (None, "slow"):
                 response = self._answer(request, provider, body, record)
-            writer.write(response.encode(request.keep_alive))
-            status = response.status
-            await writer.drain()
-            return request.keep_alive
-        finally:
-            self._recorder.finish(record, status)
+            elif kind != "drop":
+                response = _wire.fault_response(fault, provider, record.stream)
+        finally:  # before sending: a client that has its answer finds the record complete
+            self._recorder.finish(record, None if response is None else response.status)
+        if response is None:  # dropped
+            writer.transport.abort()
+            return False
+        writer.write(response.encode(request.keep_alive))
+        await writer.drain()
+        return request.keep_alive
 
     def _answer(self, request: HttpRequest, provider: Provider, body: Any, record: RequestRecord) -> Response:
         parse = _PARSERS.get(request.path)
@@ -242,6 +272,8 @@ class LoopbackServer:
             return _wire.models_list(provider, self.models)
         if request.method != "POST" or parse is None:
             return _wire.error(provider, 404, f"Invalid URL ({request.method} {request.path})")
+        if body is _NOT_JSON:
+            return _wire.error(provider, 400, "the request body is not valid JSON")
         try:
             parsed = parse(body, record.index)
         except InvalidRequest as error:
@@ -254,3 +286,11 @@ class LoopbackServer:
         if provider == "openai":
             return _wire.openai_completion(parsed, completion, int(time.time()))
         return _wire.anthropic_message(parsed, completion)
+
+
+def _decode_json(raw: bytes) -> Any:
+    """The JSON body: None when empty, ``_NOT_JSON`` when it does not parse."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return _NOT_JSON

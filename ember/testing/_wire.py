@@ -22,15 +22,20 @@ _OPENAI_FINISH = {"end": "stop", "stop_sequence": "stop", "length": "length"}
 _ANTHROPIC_STOP = {"end": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens"}
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
 _ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error", 404: "not_found_error", 413: "request_too_large",
-    429: "rate_limit_error", 529: "overloaded_error",
+    400: "invalid_request_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
 }
 _MALFORMED = {
     "openai": b'{"id":"chatcmpl-loopback","object":"chat.completion","choices":[{"index":0,"message":{"content":"',
     "anthropic": b'{"id":"msg_loopback","type":"message","content":[{"type":"text","text":"',
 }
 _MALFORMED_STREAM = {
-    "openai": (b'data: {"id":"chatcmpl-loopback","object":"chat.completion.chunk","choices":[{\n\n', b"data: [DONE]\n\n"),
+    "openai": (
+        b'data: {"id":"chatcmpl-loopback","object":"chat.completion.chunk","choices":[{\n\n',
+        b"data: [DONE]\n\n",
+    ),
     "anthropic": (b'event: message_start\ndata: {"type":"message_start","message":{"id":\n\n',),
 }
 
@@ -49,8 +54,12 @@ def openai_completion(request: LoopbackRequest, completion: Completion, created:
         "completion_tokens": completion.completion_tokens,
         "total_tokens": completion.prompt_tokens + completion.completion_tokens,
     }
-    head = {"id": f"chatcmpl-loopback-{request.index}", "created": created, "model": request.model,
-            "system_fingerprint": "fp_loopback"}
+    head = {
+        "id": f"chatcmpl-loopback-{request.index}",
+        "created": created,
+        "model": request.model,
+        "system_fingerprint": "fp_loopback",
+    }
     finish = _OPENAI_FINISH[completion.finish]
     if not request.stream:
         message = {"role": "assistant", "content": completion.text, "refusal": None}
@@ -77,30 +86,40 @@ def anthropic_message(request: LoopbackRequest, completion: Completion) -> Respo
     """A ``message``, or its event stream: message_start, content_block_start, ping,
     content_block_delta per word, content_block_stop, message_delta (with usage), message_stop."""
     stop = {"stop_reason": _ANTHROPIC_STOP[completion.finish], "stop_sequence": completion.stop_sequence}
-    message = {"id": f"msg_loopback_{request.index}", "type": "message", "role": "assistant",
-               "model": request.model}
+    message = {"id": f"msg_loopback_{request.index}", "type": "message", "role": "assistant", "model": request.model}
     if not request.stream:
         usage = {"input_tokens": completion.prompt_tokens, "output_tokens": completion.completion_tokens}
         content = [{"type": "text", "text": completion.text}]
         return Response(200, _json({**message, "content": content, **stop, "usage": usage}))
 
-    start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {"input_tokens": completion.prompt_tokens, "output_tokens": 0}}
+    start = {
+        **message,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": completion.prompt_tokens, "output_tokens": 0},
+    }
     events = [
         _event("message_start", {"type": "message_start", "message": start}),
-        _event("content_block_start",
-               {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         _event("ping", {"type": "ping"}),
     ]
     events += [
-        _event("content_block_delta",
-               {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})
+        _event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+        )
         for piece in _PIECES.findall(completion.text)
     ]
     events += [
         _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        _event("message_delta",
-               {"type": "message_delta", "delta": stop, "usage": {"output_tokens": completion.completion_tokens}}),
+        _event(
+            "message_delta",
+            {"type": "message_delta", "delta": stop, "usage": {"output_tokens": completion.completion_tokens}},
+        ),
         _event("message_stop", {"type": "message_stop"}),
     ]
     return Response(200, content_type="text/event-stream", events=tuple(events))
@@ -112,13 +131,22 @@ def models_list(provider: Provider, models: Sequence[str]) -> Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "ember-loopback"} for m in models]
         return Response(200, _json({"object": "list", "data": data}))
     data = [{"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"} for m in models]
-    page = {"data": data, "has_more": False, "first_id": models[0] if models else None,
-            "last_id": models[-1] if models else None}
+    page = {
+        "data": data,
+        "has_more": False,
+        "first_id": models[0] if models else None,
+        "last_id": models[-1] if models else None,
+    }
     return Response(200, _json(page))
 
 
 def error(
-    provider: Provider, status: int, message: str, *, code: str | None = None, param: str | None = None,
+    provider: Provider,
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> Response:
     """An error in the provider's format: OpenAI ``{"error": {message, type, param, code}}``,
@@ -137,15 +165,21 @@ def fault_response(fault: Fault, provider: Provider, stream: bool) -> Response:
     if fault.kind == "rate_limit":
         seconds = fault.retry_after
         headers = (("retry-after", f"{seconds:g}"), ("retry-after-ms", str(round(seconds * 1000))))
-        return error(provider, 429, "Rate limit reached (ember loopback fault).", code="rate_limit_exceeded",
-                     headers=headers)
+        return error(
+            provider, 429, "Rate limit reached (ember loopback fault).", code="rate_limit_exceeded", headers=headers
+        )
     if fault.kind == "server_error":
         return error(provider, fault.status, "The server had an error while processing your request.")
     if fault.kind == "context_length":
         if provider == "openai":
-            return error(provider, 400, "This model's maximum context length is 128000 tokens. However, your "
-                         "messages resulted in 128001 tokens. Please reduce the length of the messages.",
-                         code="context_length_exceeded", param="messages")
+            return error(
+                provider,
+                400,
+                "This model's maximum context length is 128000 tokens. However, your "
+                "messages resulted in 128001 tokens. Please reduce the length of the messages.",
+                code="context_length_exceeded",
+                param="messages",
+            )
         return error(provider, 400, "prompt is too long: 200001 tokens > 200000 maximum")
     if fault.kind == "malformed":
         if stream:

@@ -28,8 +28,15 @@ _CONSTRUCTORS = {
     "drop": Fault.drop,
     "context_length": Fault.context_length,
 }
-_CONVERT = {"rate": float, "retry_after": float, "delay": float, "status": int, "provider": str, "path": str,
-            "on": lambda value: [int(i) for i in value.split("+")]}
+_CONVERT = {
+    "rate": float,
+    "retry_after": float,
+    "delay": float,
+    "status": int,
+    "provider": str,
+    "path": str,
+    "on": lambda value: [int(i) for i in value.split("+")],
+}
 
 
 def parse_fault(spec: str) -> Fault:
@@ -67,13 +74,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before every response")
     parser.add_argument("--seed", type=int, default=0, help="seed of rate-based faults")
     parser.add_argument("--fault", type=parse_fault, action="append", default=[], metavar="KIND[:k=v,...]")
-    parser.add_argument("--model", action="append", dest="models", metavar="ID",
-                        help="a model id for GET /v1/models (repeatable)")
-    parser.add_argument("--responder", type=_load_responder, metavar="MODULE:FUNCTION",
-                        help="answer function taking an ember.testing.LoopbackRequest")
+    parser.add_argument(
+        "--model", action="append", dest="models", metavar="ID", help="a model id for GET /v1/models (repeatable)"
+    )
+    parser.add_argument(
+        "--responder",
+        type=_load_responder,
+        metavar="MODULE:FUNCTION",
+        help="answer function taking an ember.testing.LoopbackRequest",
+    )
     args = parser.parse_args(argv)
-    server = LoopbackServer(latency=args.latency, responder=args.responder, faults=args.fault, seed=args.seed,
-                            models=args.models or ("loopback",), host=args.host, port=args.port)
+    server = LoopbackServer(
+        latency=args.latency,
+        responder=args.responder,
+        faults=args.fault,
+        seed=args.seed,
+        models=args.models or ("loopback",),
+        host=args.host,
+        port=args.port,
+    )
     with server:
         print(f"Ember loopback server on {server.url}", flush=True)
         print(f"  OpenAI:    base_url={server.openai_base_url}", flush=True)

@@ -186,9 +186,13 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
         return {split: self._generate_examples(split) for split in self.SPLITS if self._present[split]}
 
     def _generate_examples(self, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        seen: set[str] = set()  # ids key the results journal: a repeat would overwrite a result
         for name in self._subset_names(self.source_dir, self.subset):
             for rel in self.files(name, split):
                 for item in self.parse(self.source_dir / rel, name, split):
+                    if item.id in seen:
+                        raise CorruptDataFileError(self.source_dir / rel, f"item id {item.id!r} occurs twice")
+                    seen.add(item.id)
                     yield item.id, {
                         "id": item.id,
                         "query": item.query,
@@ -216,7 +220,10 @@ class BenchmarkBuilder(tfds.core.GeneratorBasedBuilder):
             self.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP)
             )
-        return BenchmarkSource(self.as_data_source(split=split))
+        data = self.as_data_source(split=split)
+        if len(data):  # array_record opens files lazily: touch both ends so damage shows here
+            data.__getitems__([0, len(data) - 1])
+        return BenchmarkSource(data)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,104 @@
+"""Ember's evaluation overhead against a bare asyncio loop, on the same client and server.
+
+2,000 items x (5-way ensemble + judge) = 12,000 calls to a loopback server at 50 ms
+latency, at concurrency 256 — once through ``ember.eval.compare_systems`` (pipeline, NON
+operators, ModelService, journal), once as a bare ``asyncio.gather`` over the same
+provider adapter (Ember's OpenAI client) with a semaphore of 256. Prints ember/bare
+(goal <= 1.15), each wall time against the latency-bound limit ceil(12000/256) x 50 ms,
+and calls/s.
+
+    python bench/bench_eval_throughput.py [--items 2000] [--concurrency 256] [--latency 0.05]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _loopback import loopback_process, point_ember_at  # noqa: E402
+
+MODEL = "openai:gpt-4o-mini"
+
+
+async def bare(n_items: int, concurrency: int, base_url: str) -> int:
+    """The same calls, each item's five samples then its judge, on one adapter, with nothing else."""
+    from ember.models import ChatRequest, Message
+    from ember.models.providers import ProviderSettings
+    from ember.models.providers.openai import OpenAIProvider
+    from pydantic import SecretStr
+
+    adapter = OpenAIProvider(ProviderSettings(name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120))
+    slots = asyncio.Semaphore(concurrency)
+    calls = 0
+
+    async def call(text: str, temperature: float, sample: int) -> str:
+        nonlocal calls
+        async with slots:
+            request = ChatRequest(model_name="gpt-4o-mini", model_id=MODEL, messages=(Message("user", text),),
+                                  temperature=temperature, sample_index=sample)  # fmt: skip
+            result = await adapter.acomplete(request)
+        calls += 1
+        return result.text
+
+    async def item(i: int) -> str:
+        query = f"What is {i} + 1?"
+        answers = await asyncio.gather(*(call(query, 0.7, k) for k in range(5)))
+        return await call(f"You are a judge.\n{query}\n" + "\n".join(answers), 0.0, 0)
+
+    await asyncio.gather(*(item(i) for i in range(n_items)))
+    await adapter.aclose()
+    return calls
+
+
+def ember_run(n_items: int, concurrency: int) -> tuple[int, float]:
+    from ember.data import DatasetItem
+    from ember.eval import NumericEvaluator, compare_systems
+
+    items = [DatasetItem(f"i{i}", f"What is {i} + 1?", str(i + 1)) for i in range(n_items)]
+    with tempfile.TemporaryDirectory() as tmp:
+        results = compare_systems(
+            items, {"ens+judge": f"5:E:{MODEL}:0.7,1:J:{MODEL}:0.0"}, [NumericEvaluator()],
+            concurrency=concurrency, journal=os.path.join(tmp, "bench.sqlite"), progress=False,
+        )["ens+judge"]  # fmt: skip
+    assert results.n_errors == 0 and results.accuracy == 1.0, results
+    return results.calls, results.accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+    n_calls = args.items * 6
+    limit = math.ceil(n_calls / args.concurrency) * args.latency
+    with loopback_process(args.latency) as base_url:
+        point_ember_at(base_url, concurrency=args.concurrency)
+        import ember.non  # noqa: F401 - import cost (JAX) is not part of the run being timed
+
+        asyncio.run(bare(10, args.concurrency, base_url))  # warm both paths: SDK import, connections
+        ember_run(10, args.concurrency)
+        start = time.perf_counter()
+        bare_calls = asyncio.run(bare(args.items, args.concurrency, base_url))
+        bare_wall = time.perf_counter() - start
+        start = time.perf_counter()
+        ember_calls, _ = ember_run(args.items, args.concurrency)
+        ember_wall = time.perf_counter() - start
+    assert bare_calls == ember_calls == n_calls, (bare_calls, ember_calls, n_calls)
+    print(f"{args.items} items x (5-way ensemble + judge) = {n_calls} calls, latency {args.latency * 1000:.0f} ms, "
+          f"concurrency {args.concurrency}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"latency-bound limit: ceil({n_calls}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
+    for name, wall in (("bare asyncio", bare_wall), ("ember", ember_wall)):
+        print(f"{name:>13}: {wall:7.2f} s  ({wall / limit:5.1f} x limit)  {n_calls / wall:8.0f} calls/s")
+    ratio = ember_wall / bare_wall
+    print(f"ember/bare = {ratio:.3f}  (goal <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Benchmark the embedded local model: load time, tokens/s at several batch sizes, peak RSS.
+
+    python bench/bench_local_model.py                        # SmolLM2-135M, batches 1, 8, 32
+    python bench/bench_local_model.py --model /path/x.gguf --batches 1,16,64 --new-tokens 128
+    python bench/bench_local_model.py --bandwidth-gbs 3350   # compare decode steps to a memory-bandwidth bound
+
+Every row generates exactly ``--new-tokens`` tokens (``ignore_eos``) from its own prompt
+(no shared-prefix shortcut), greedily. Each batch size is run once to compile, then timed
+``--repeats`` times (best kept). Prefill is timed with ``max_new_tokens=1``; decode time is
+the rest, so "decode tok/s" is the steady batched decode rate and "e2e tok/s" includes the
+prefill. Runs on whatever device JAX picks, so the same script measures a GPU; there, or
+with ``--bandwidth-gbs``, it also prints the decode step time against the memory-bandwidth
+bound: every step reads every weight once (bytes = parameter bytes), so
+``bound = parameter bytes / bandwidth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+# Peak HBM bandwidth (GB/s) of devices we know, matched against jax's ``device_kind``.
+KNOWN_BANDWIDTH_GBS = {
+    "H200": 4800.0,
+    "H100 PCIe": 2000.0,
+    "H100": 3350.0,  # SXM, HBM3
+    "A100-SXM4-80GB": 2039.0,
+    "A100 80GB PCIe": 1935.0,
+    "A100": 1555.0,  # 40 GB
+    "L40S": 864.0,
+    "L4": 300.0,
+    "A10G": 600.0,
+    "V100": 900.0,
+    "TPU v5 lite": 819.0,
+    "TPU v5p": 2765.0,
+    "TPU v4": 1200.0,
+}
+
+
+def detect_bandwidth(device_kind: str) -> float | None:
+    for name, gbs in KNOWN_BANDWIDTH_GBS.items():  # most specific names first
+        if name.lower() in device_kind.lower():
+            return gbs
+    return None
+
+
+def _prompts(n: int) -> list[str]:
+    return [f"Question {i}: write a short story about the number {i} and a lighthouse." for i in range(n)]
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="embedded model name or GGUF path (default: SmolLM2-135M)")
+    parser.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth, GB/s")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    import jax
+
+    from ember.local import GenerationConfig, load_model
+
+    import_s = time.perf_counter() - start
+    start = time.perf_counter()
+    model = load_model(args.model)
+    load_s = time.perf_counter() - start
+    device = jax.devices()[0]
+    print(f"model: {model.path.name} ({model.param_bytes / 1e6:.0f} MB of {model.dtype.name} weights)")
+    print(f"device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))")
+    print(f"import: {import_s:.2f} s   load (parse + dequantize + place): {load_s:.2f} s")
+
+    n_new = args.new_tokens
+    prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
+    full = GenerationConfig(max_new_tokens=n_new, ignore_eos=True)
+    rates: dict[int, tuple[float, float, float]] = {}
+    print(f"\n{'batch':>5} {'compile s':>9} {'prefill s':>9} {'decode ms/step':>14} {'decode tok/s':>12} {'e2e tok/s':>9}")
+    for batch in [int(b) for b in args.batches.split(",")]:
+        prompts = [model.encode(p) for p in _prompts(batch)]
+        start = time.perf_counter()
+        model.generate_tokens(prompts, prefill_only)
+        model.generate_tokens(prompts, full)
+        compile_s = time.perf_counter() - start
+        prefill_s = _best_time(lambda: model.generate_tokens(prompts, prefill_only), args.repeats)
+        total_s = _best_time(lambda: model.generate_tokens(prompts, full), args.repeats)
+        step_s = max(total_s - prefill_s, 1e-9) / (n_new - 1)
+        decode_rate, e2e_rate = batch / step_s, batch * n_new / total_s
+        rates[batch] = (step_s, decode_rate, e2e_rate)
+        print(f"{batch:>5} {compile_s:>9.1f} {prefill_s:>9.2f} {step_s * 1e3:>14.1f} {decode_rate:>12.1f} {e2e_rate:>9.1f}")
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"\npeak RSS: {peak_rss_mb:.0f} MB")
+    if 1 in rates and 32 in rates:
+        print(
+            f"batch32/batch1 throughput: decode {rates[32][1] / rates[1][1]:.1f}x, "
+            f"end-to-end {rates[32][2] / rates[1][2]:.1f}x (goal >= 10x)"
+        )
+    bandwidth = args.bandwidth_gbs or detect_bandwidth(device.device_kind)
+    if bandwidth is None:
+        print("memory-bandwidth bound: unknown device bandwidth (pass --bandwidth-gbs)")
+        return
+    bound_s = model.param_bytes / (bandwidth * 1e9)
+    print(f"memory-bandwidth bound at {bandwidth:.0f} GB/s: {bound_s * 1e3:.3f} ms/step (weights read once per step)")
+    for batch, (step_s, _, _) in rates.items():
+        print(f"  batch {batch:>3}: {step_s * 1e3:.3f} ms/step = {bound_s / step_s * 100:.0f}% of the bound's speed")
+
+
+if __name__ == "__main__":
+    main()

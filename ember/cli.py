@@ -1,0 +1,215 @@
+"""The ``ember`` command: ``ember eval``, ``ember models``, ``ember datasets``.
+
+``ember eval`` is the main job: evaluate one or more systems on a dataset and write a
+comparison report. A system is a model id (``openai:gpt-4o``) or compact NON notation
+(``"5:E:local:smollm2-135m-instruct:0.7,1:MC"``), optionally labelled ``name=spec``.
+Every finished item is journaled under ``ember_runs/``, at a path derived from the run's
+settings: if a run is interrupted, running the same command again resumes it, calling
+no finished item twice. Heavy modules load inside the commands, so ``ember --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ember", description="Ember: compound AI systems, evaluated.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ev = commands.add_parser("eval", help="evaluate systems on a dataset and write a report")
+    ev.add_argument("--dataset", required=True, help="a registered dataset (see `ember datasets`) or a .jsonl/.csv/.parquet file")
+    ev.add_argument("--system", action="append", required=True, metavar="[NAME=]SPEC",
+                    help="model id or compact NON notation; repeat to compare systems on the same items")  # fmt: skip
+    ev.add_argument("--subset", help="dataset subset (e.g. an MMLU subject)")
+    ev.add_argument("--split", help="dataset split (default: the dataset's first)")
+    ev.add_argument("--sample", type=int, metavar="N", help="evaluate N items drawn at random (seeded)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ev.add_argument("--data-dir", type=Path, help="directory holding the benchmark's files (default: <data.data_dir>/<dataset>)")
+    ev.add_argument("--field", action="append", default=[], metavar="ITEM=COLUMN",
+                    help="for a file dataset: map an item field (id, query, answer, choices) to a column")  # fmt: skip
+    ev.add_argument("--evaluator", default="auto",
+                    help="auto (by task), exact, contains, mc, numeric, f1, or judge:MODEL_ID")  # fmt: skip
+    ev.add_argument("--prompt", help="prompt template: {prompt} (query and choices), {query}, {choices}, metadata keys")
+    ev.add_argument("--max-tokens", type=int, help="max tokens per call, for model-id systems")
+    ev.add_argument("--temperature", type=float, help="temperature, for model-id systems")
+    ev.add_argument("--concurrency", type=int, default=64, help="items in flight (model calls are bounded by the models layer)")
+    ev.add_argument("--budget", type=float, metavar="USD", help="stop starting items once this much is spent")
+    ev.add_argument("--journal", type=Path, help="results journal (default: ember_runs/<derived from the settings>.sqlite)")
+    ev.add_argument("--fresh", action="store_true", help="discard an existing journal for these settings and start over")
+    ev.add_argument("--report", type=Path, help="report path without extension (default: reports/<journal name>)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.set_defaults(run=_eval)
+
+    models = commands.add_parser("models", help="list the models in the registry")
+    models.set_defaults(run=_models)
+    datasets = commands.add_parser("datasets", help="list the registered datasets, or describe one")
+    datasets.add_argument("name", nargs="?", help="show where this dataset's files come from")
+    datasets.set_defaults(run=_datasets)
+    return parser
+
+
+def _systems(specs: Sequence[str]) -> dict[str, str]:
+    systems: dict[str, str] = {}
+    for text in specs:
+        label, sep, spec = text.partition("=")
+        if not sep:
+            label, spec = text, text
+        if label in systems:
+            raise SystemExit(f"ember eval: system name {label!r} given twice; label them NAME=SPEC")
+        systems[label.strip()] = spec.strip()
+    return systems
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """The dataset, its task kind, and its default instruction."""
+    from ember.data import DataLoader, DataService, RandomSampler
+
+    sampler = RandomSampler(args.sample, seed=args.seed) if args.sample else None
+    path = Path(args.dataset).expanduser()
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".json", ".parquet"):
+        fields = dict(pair.split("=", 1) for pair in args.field)
+        fields = {k: (v.split(",") if k == "choices" and "," in v else v) for k, v in fields.items()}
+        data = DataLoader(path, fields=fields, sampler=sampler)
+        first = next(iter(data), None)
+        return data, "multiple_choice" if first is not None and first.choices else "exact", None
+    service = DataService()
+    spec = service.info(args.dataset)
+    data = service.load_dataset(spec.name, subset=args.subset, split=args.split, sampler=sampler, source_dir=args.data_dir)
+    return data, spec.task, spec.instruction
+
+
+def _evaluators(choice: str, task: str) -> list[Any]:
+    from ember import eval as E
+
+    if choice.startswith("judge:"):
+        return [E.LLMJudgeEvaluator(choice.removeprefix("judge:"))]
+    if choice == "auto":
+        choice = {"multiple_choice": "mc", "numeric": "numeric", "short_answer": "routed"}.get(task, "exact")
+    table = {
+        "exact": E.ExactMatchEvaluator,
+        "contains": lambda: E.ExactMatchEvaluator(contains=True),
+        "mc": E.MultipleChoiceEvaluator,
+        "numeric": E.NumericEvaluator,
+        "f1": E.TokenF1Evaluator,
+        "routed": lambda: E.RoutedEvaluator({"number": E.NumericEvaluator(), "text": E.ExactMatchEvaluator(contains=True)}),
+    }
+    if choice not in table:
+        raise SystemExit(f"ember eval: unknown --evaluator {choice!r}; use auto, {', '.join(sorted(table))} or judge:MODEL_ID")
+    return [table[choice]()]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ember.eval import Journal, compare_systems, comparison_table, write_report
+
+    console = Console()
+    systems = _systems(args.system)
+    data, task, instruction = _load(args)
+    evaluators = _evaluators(args.evaluator, task)
+    prompt = args.prompt or (f"{instruction}\n\n{{prompt}}" if instruction else None)
+    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    settings = json.dumps([repr(data), systems, args.evaluator, prompt, params], sort_keys=True)
+    name = f"{Path(args.dataset).stem}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+    journal_path = args.journal or Path("ember_runs") / f"{name}.sqlite"
+    if args.fresh:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
+    resuming = journal_path.exists()
+    journal = Journal(journal_path)
+    if resuming:
+        console.print(f"[bold]resuming[/bold] from {journal_path}: finished items are not called again")
+    from ember.eval import as_system
+
+    wrapped = {label: as_system(spec, name=label, **params) for label, spec in systems.items()}
+    if params and any(getattr(s, "model_id", None) is None for s in wrapped.values()):
+        console.print("note: --max-tokens/--temperature apply to model-id systems; NON notation carries its own temperatures")
+    try:
+        results = compare_systems(
+            data, wrapped, evaluators, prompt=prompt, concurrency=args.concurrency, journal=journal,
+            budget=args.budget, progress=False if args.no_progress else None,
+        )  # fmt: skip
+        console.print(comparison_table(results, title=f"{data.name or args.dataset}: {len(data)} items"))
+        for label, r in results.items():
+            if r.stopped:
+                console.print(f"[bold red]{label}: stopped early[/bold red] — {r.stopped}; raise --budget and rerun to continue")
+            if r.n_errors:
+                console.print(f"[yellow]{label}: {r.n_errors} item(s) failed; rerun the same command to retry them[/yellow]")
+        report = args.report or Path("reports") / name
+        json_path, html_path = write_report(results, report, dataset=data.name or args.dataset)
+    except KeyboardInterrupt:
+        console.print(f"\n[bold red]interrupted[/bold red]: finished items are saved in {journal_path}; run the same command to resume")
+        return 130
+    finally:
+        journal.close()
+    console.print(f"journal {journal_path}\nreport  {json_path}\n        {html_path}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ember.models import ModelRegistry
+
+    registry = ModelRegistry()
+    table = Table(title="models")
+    for column in ("id", "provider", "input $/M", "output $/M", "context"):
+        table.add_column(column)
+    for model_id in registry.list_models():
+        info = registry.get_model_info(model_id)
+        price = lambda v: "unknown" if v is None else f"{v:g}"  # noqa: E731
+        table.add_row(model_id, info.provider.name, price(info.cost.input_cost_per_million),
+                      price(info.cost.output_cost_per_million), str(info.context_window or "-"))  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ember.data import DataService
+
+    service, console = DataService(), Console()
+    if args.name:
+        spec = service.info(args.name)
+        console.print(f"[bold]{spec.name}[/bold] ({spec.task}): {spec.description}")
+        console.print(f"subsets: {', '.join(spec.subsets) or '(found in the files)'}; splits: {', '.join(spec.splits)}")
+        console.print(f"files: {spec.source}")
+        if not spec.bundled:
+            console.print(f"looked for under {service.data_dir / spec.name} unless --data-dir is given")
+        return 0
+    table = Table(title="datasets (`ember datasets NAME` says where to get the files)")
+    for column in ("name", "task", "subsets", "splits", "description"):
+        table.add_column(column, overflow="fold")
+    for spec in service.list_datasets():
+        subsets = ", ".join(spec.subsets) if spec.subsets else "(from files)"
+        table.add_row(spec.name, spec.task, subsets, ", ".join(spec.splits), spec.description)
+    console.print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ember`` console script."""
+    from ember.models import EmberError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EmberError as error:
+        print(f"ember {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

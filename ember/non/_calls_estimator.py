@@ -1,0 +1,103 @@
+"""How many calls should a Vote make? An estimator after Chen et al. (2024).
+
+"Are More LLM Calls All You Need?" shows that majority-vote accuracy is not monotone in
+the number of calls K: on an item the model answers correctly with probability p > 1/2,
+more votes push accuracy towards 1; with p < 1/2 they push it towards 0. A mix of easy
+and hard items therefore gives an inverted U, and the best K depends on the mix.
+
+The estimator needs only a few labelled samples per item:
+
+1. *Difficulty.* Item i's single-call accuracy p_i is unknown; its c_i correct answers out
+   of m samples are Binomial(m, p_i). The population of p's is estimated on a grid by
+   nonparametric maximum likelihood (EM over the grid weights) -- no assumed shape, and
+   Chen et al.'s two-level "easy/hard" model is a special case. Each item's posterior over
+   the grid is its estimated difficulty.
+2. *Accuracy vs K.* Vote with K calls is right on an item when more than K/2 calls are
+   right, and half the time on a tie (first-seen tie-breaking between exchangeable
+   samples). Averaging that over each item's posterior predicts accuracy for every K.
+3. *Best K.* The smallest K with the highest predicted accuracy.
+
+It treats every wrong answer as the same wrong answer, the worst case for a vote; when
+wrong answers scatter, real Vote accuracy is at least this high.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> p = np.where(rng.random(400) < 0.6, 0.8, 0.35)        # 60% easy items, 40% hard
+>>> samples = rng.random((400, 20)) < p[:, None]         # 20 labelled samples per item
+>>> estimate = estimate_num_calls(samples, max_calls=40)
+>>> true_accuracy = vote_accuracy(p, estimate.num_calls).mean(axis=0)
+>>> estimate.best_num_calls, int(estimate.num_calls[true_accuracy.argmax()])  # estimated, true
+(5, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+__all__ = ["estimate_num_calls", "vote_accuracy", "CallsEstimate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallsEstimate:
+    """The predicted accuracy of Vote for ``num_calls = 1..max_calls``, and the best count."""
+
+    best_num_calls: int
+    num_calls: np.ndarray  # 1, 2, ..., max_calls
+    accuracy: np.ndarray  # predicted Vote accuracy at each count
+    item_accuracy: np.ndarray  # each item's estimated single-call accuracy (posterior mean)
+
+
+def vote_accuracy(p: ArrayLike, num_calls: ArrayLike) -> np.ndarray:
+    """Accuracy of majority vote with ``num_calls`` calls on items of single-call accuracy ``p``.
+
+    Broadcasts ``p[..., None]`` against ``num_calls``; ties count one half.
+
+    >>> vote_accuracy([0.6], [1, 3]).round(3)
+    array([[0.6  , 0.648]])
+    """
+    p = np.asarray(p, dtype=np.float64)[..., None]
+    k = np.asarray(num_calls)
+    win = stats.binom.sf(k // 2, k, p)  # P(correct > k/2)
+    tie = np.where(k % 2 == 0, stats.binom.pmf(k // 2, k, p), 0.0)
+    return win + 0.5 * tie
+
+
+def estimate_num_calls(
+    correct: ArrayLike, *, max_calls: int = 64, grid_size: int = 99, max_iterations: int = 2000
+) -> CallsEstimate:
+    """Estimate the best number of Vote calls from ``correct[item, sample]`` (booleans).
+
+    A few samples per item (10-20) over a few hundred items is typical; more samples
+    sharpen each item's difficulty, more items sharpen the population.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    if correct.ndim != 2 or correct.size == 0:
+        raise ValueError(f"correct must be a non-empty [items, samples] array, got shape {correct.shape}")
+    if max_calls < 1:
+        raise ValueError(f"max_calls must be at least 1, got {max_calls}")
+    hits, samples = correct.sum(axis=1), correct.shape[1]
+    grid = (np.arange(grid_size) + 0.5) / grid_size
+    # Binomial likelihood of each item's hits at each grid point (the n-choose-k factor cancels).
+    log_lik = hits[:, None] * np.log(grid) + (samples - hits)[:, None] * np.log1p(-grid)
+    lik = np.exp(log_lik - log_lik.max(axis=1, keepdims=True))
+    weights = np.full(grid_size, 1.0 / grid_size)
+    for _ in range(max_iterations):
+        posterior = _normalize(lik * weights)
+        updated = posterior.mean(axis=0)
+        done = np.abs(updated - weights).max() < 1e-10
+        weights = updated
+        if done:
+            break
+    posterior = _normalize(lik * weights)
+    num_calls = np.arange(1, max_calls + 1)
+    accuracy = (posterior @ vote_accuracy(grid, num_calls)).mean(axis=0)
+    best = int(num_calls[np.flatnonzero(accuracy >= accuracy.max() - 1e-12)[0]])
+    return CallsEstimate(best, num_calls, accuracy, posterior @ grid)
+
+
+def _normalize(rows: np.ndarray) -> np.ndarray:
+    return rows / rows.sum(axis=1, keepdims=True)

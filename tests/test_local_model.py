@@ -1,0 +1,149 @@
+"""Generation with the embedded SmolLM2-135M-Instruct: answers, batching, sampling, stops,
+shape buckets and sharding. The model loads once per test process (``load_model`` caches);
+answers are kept short because CPU decoding runs at ~20 tokens/s per batch step."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+
+from ember.local import GenerationConfig, load_model
+from ember.local import _generate
+from ember.local._sampling import SamplingParams, _filter
+
+SHORT = GenerationConfig(max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def test_greedy_answers_the_capital_of_france(model):
+    [answer] = model.generate(["What is the capital of France?"], GenerationConfig(max_new_tokens=16))
+    assert "Paris" in answer.text
+    assert answer.finish_reason == "stop"
+    assert answer.prompt_tokens == len(model.encode("What is the capital of France?"))
+
+
+def test_load_model_is_cached_per_process(model):
+    assert load_model() is model
+    assert load_model("smollm2-135m-instruct") is model
+
+
+def test_padded_batch_rows_equal_single_rows(model):
+    prompts = ["What is the capital of France?", "Hi", "Name three primary colors, separated by commas please."]
+    assert len({len(model.encode(p)) for p in prompts}) == 3
+    batched = model.generate(prompts, SHORT)
+    for prompt, row in zip(prompts, batched):
+        [alone] = model.generate([prompt], SHORT)
+        assert alone.token_ids == row.token_ids
+
+
+def test_chat_template_from_the_gguf(model):
+    default = model.tokenizer.decode(model.encode("Hi"))
+    assert "You are a helpful AI assistant named SmolLM" in default  # the template's own default
+    messages = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"}]
+    ids = model.encode(messages)
+    assert ids[0] == model.tokenizer.token_id("<|im_start|>")
+    text = model.tokenizer.decode(ids)
+    assert "Answer in one word." in text and "SmolLM" not in text
+    [answer] = model.generate([messages], SHORT)
+    assert answer.text.strip()
+
+
+def test_seeded_sampling_is_deterministic_and_independent_of_the_batch(model):
+    configs = [GenerationConfig(max_new_tokens=8, temperature=1.0, seed=s) for s in (1, 1, 2, 3)]
+    out = model.generate(["Tell me a story."] * 4, configs)
+    assert out[0].token_ids == out[1].token_ids  # same seed, same sample
+    assert len({o.token_ids for o in out[1:]}) == 3  # different seeds, different samples
+    again = model.generate(["Hi", "Tell me a story.", "Bye"], [SHORT, configs[2], SHORT])  # other neighbours
+    assert again[1].token_ids == out[2].token_ids
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(model):
+    [greedy] = model.generate(["Tell me a story."], SHORT)
+    k1, p_small, free = model.generate(
+        ["Tell me a story."] * 3,
+        [GenerationConfig(max_new_tokens=8, temperature=1.5, top_k=1, seed=4),
+         GenerationConfig(max_new_tokens=8, temperature=1.5, top_p=1e-4, seed=5),
+         GenerationConfig(max_new_tokens=8, temperature=1.5, seed=6)],
+    )
+    assert k1.token_ids == greedy.token_ids == p_small.token_ids
+    assert free.token_ids != greedy.token_ids
+
+
+def test_filter_keeps_top_k_and_the_nucleus():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 3))
+    kept = np.isfinite(np.asarray(_filter(logits, jnp.asarray([2, 0, 0]), jnp.asarray([1.0, 0.7, 0.85]))))
+    assert kept.tolist() == [[True, True, False, False], [True, True, False, False], [True, True, True, False]]
+
+
+def test_stop_string_cuts_text_and_counts_tokens_up_to_it(model):
+    [answer] = model.generate(["What is the capital of France?"], GenerationConfig(max_new_tokens=16, stop=("Paris",)))
+    assert answer.finish_reason == "stop"
+    assert "Paris" not in answer.text and answer.text.startswith("The capital")
+    assert "Paris" in model.tokenizer.decode(answer.token_ids)
+    assert "Paris" not in model.tokenizer.decode(answer.token_ids[:-1])
+
+
+def test_max_new_tokens_and_length_finish(model):
+    [answer] = model.generate(["Write a long essay about the sea."], GenerationConfig(max_new_tokens=3))
+    assert answer.finish_reason == "length" and answer.completion_tokens == 3
+
+
+def test_decoding_stops_when_every_row_is_done(model):
+    steps = model.stats.decode_steps
+    [answer] = model.generate(["What is the capital of France?"], GenerationConfig(max_new_tokens=48))
+    assert answer.finish_reason == "stop" and answer.completion_tokens < 16
+    assert model.stats.decode_steps - steps < answer.completion_tokens + model.decode_chunk
+
+
+def test_deadline_stops_a_row(model):
+    [answer] = model.generate(["Write a long essay."], GenerationConfig(max_new_tokens=200), deadlines=[time.monotonic()])
+    assert answer.finish_reason == "timeout" and answer.completion_tokens < 200
+
+
+def test_prompt_lengths_in_one_bucket_reuse_compiled_programs(model):
+    model.generate(["Hi"], SHORT)
+    compiled = (_generate._prefill._cache_size(), _generate._decode._cache_size())
+    model.generate(["Hello there, how are you doing on this fine day?"], SHORT)
+    model.generate(["What?"], GenerationConfig(max_new_tokens=5))
+    assert (_generate._prefill._cache_size(), _generate._decode._cache_size()) == compiled
+
+
+def test_buckets_are_powers_of_two_and_mesh_multiples():
+    assert [_generate.bucket(n) for n in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
+    assert _generate.bucket(3, 16) == 16 and _generate.bucket(3, multiple=8) == 8 and _generate.bucket(12, multiple=8) == 16
+
+
+@pytest.mark.slow
+def test_sharded_generation_gives_the_same_tokens(model):
+    assert len(jax.devices()) >= 8, "tests/conftest.py sets 8 fake CPU devices"
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+    prompts = ["What is 2+2?", "Name a color.", "Write a haiku about the sea.", "What is the capital of France?",
+               "Hi", "Tell me a joke.", "What is JAX?", "Count to five."]
+    configs = [GenerationConfig(max_new_tokens=6, temperature=0.9 if i % 2 else 0.0, top_p=0.9, seed=i) for i in range(8)]
+    plain = model.generate(prompts, configs)
+    sharded = model.generate(prompts, configs, mesh=mesh)
+    assert [g.token_ids for g in sharded] == [g.token_ids for g in plain]
+
+    # The KV cache and the per-row state really are split over the batch axis.
+    tokens = np.zeros((8, 16), np.int32)
+    put = lambda x: jax.device_put(x, _generate._batch_spec(mesh, "batch", x.ndim))  # noqa: E731
+    sampling = SamplingParams(
+        *(put(x) for x in (np.zeros(8, np.float32), np.zeros(8, np.int32), np.ones(8, np.float32),
+                           np.zeros((8, 2), np.uint32), np.ones(8, np.int32), np.ones(8, bool)))
+    )
+    state, _ = _generate._prefill(
+        model._params_on(mesh, "batch"), put(tokens), put(np.zeros(8, np.int32)), put(np.arange(8, dtype=np.int32)),
+        sampling, np.asarray([2], np.int32), config=model.config, cache_len=64, filtering=False, mesh=mesh, axis="batch",
+    )
+    assert state.cache.k.sharding.spec == PartitionSpec(None, "batch")
+    assert state.token.sharding.spec == PartitionSpec("batch")
+    assert len(state.cache.k.sharding.device_set) == 8
