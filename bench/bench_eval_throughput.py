@@ -28,10 +28,11 @@ MODEL = "openai:gpt-4o-mini"
 
 async def bare(n_items: int, concurrency: int, base_url: str) -> int:
     """The same calls, each item's five samples then its judge, on one adapter, with nothing else."""
+    from pydantic import SecretStr
+
     from ember.models import ChatRequest, Message
     from ember.models.providers import ProviderSettings
     from ember.models.providers.openai import OpenAIProvider
-    from pydantic import SecretStr
 
     adapter = OpenAIProvider(ProviderSettings(name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120))
     slots = asyncio.Semaphore(concurrency)

@@ -130,3 +130,25 @@ def test_bootstrap_of_nothing_and_percentiles():
     assert math.isnan(bootstrap_ci([]).value)
     assert percentiles(list(range(101))) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
     assert math.isnan(percentiles([])["p50"])
+
+
+# --- code execution ----------------------------------------------------------------------------
+
+SQUARE = DatasetItem("c", "Write square(x).", "", metadata={"tests": "assert square(3) == 9\nassert square(-2) == 4"})
+
+
+@pytest.mark.parametrize(
+    "output, status",
+    [("```python\ndef square(x):\n    return x * x\n```", "passed"),
+     ("def square(x):\n    return x + x", "failed"),
+     ("def square(x):\n    while True: pass", "timeout"),
+     ("big = bytearray(2**31)\ndef square(x): return x * x", "resource limit"),
+     ("import socket\nsocket.create_connection(('127.0.0.1', 9))\ndef square(x): return x * x", "blocked"),
+     ("import subprocess\nsubprocess.run(['true'])\ndef square(x): return x * x", "blocked"),
+     ("import os\nos.system('true')\ndef square(x): return x * x", "blocked")],
+)  # fmt: skip
+def test_code_execution_runs_tests_within_limits(output, status):
+    from ember.eval import CodeExecutionEvaluator
+
+    result = CodeExecutionEvaluator(timeout=2.0, memory_mb=256)(output, SQUARE)
+    assert result.metadata["status"] == status and result.is_correct is (status == "passed")

@@ -124,3 +124,35 @@ def test_kill_9_then_resume_calls_no_finished_item_again(loopback_models, tmp_pa
     clean = EvaluationPipeline(items, [NumericEvaluator()], MODEL, concurrency=4, progress=False).evaluate()
     key = lambda res: [(r.item_id, r.output, dict(r.scores), r.cost_usd) for r in res.records]  # noqa: E731
     assert key(resumed) == key(clean) and resumed.metrics == clean.metrics
+
+
+def test_operator_costs_are_known_only_when_every_call_is_tracked(loopback_models):
+    from ember.eval import OperatorSystem, TrackedService
+    from ember.non import UniformEnsemble
+    from ember.operators import MostCommon, Sequential
+
+    tracked = TrackedService(loopback_models.service)
+    mine = OperatorSystem(Sequential([UniformEnsemble(num_units=3, model_name=MODEL, model_service=tracked), MostCommon()]))
+    foreign = OperatorSystem(Sequential([UniformEnsemble(num_units=3, model_name=MODEL), MostCommon()]))
+    results = compare_systems(ARITHMETIC[:4], {"mine": mine, "foreign": foreign}, [NumericEvaluator()], progress=False)
+    assert results["mine"].cost_usd > 0 and [r.calls for r in results["mine"].records] == [3] * 4
+    assert results["foreign"].cost_usd is None and results["foreign"].cost_label == "unknown"
+    assert results["mine"].accuracy == results["foreign"].accuracy == 1.0
+
+
+def test_unusable_judge_output_fails_the_item_and_resume_retries_it(loopback_models, tmp_path):
+    server = loopback_models.server
+    server.responder = lambda request: "no json here"
+    notation, journal = f"3:E:{MODEL}:0.7,1:J:{MODEL}:0", tmp_path / "judge.sqlite"
+    first = compare_systems(ARITHMETIC[:3], {"judged": notation}, [NumericEvaluator()], journal=journal, progress=False)["judged"]
+    assert first.n_errors == 3 and first.accuracy == 0.0
+    assert all(r.calls == 5 and "structured output" in r.error for r in first.records)  # 3 samples, answer, repair
+    assert first.cost_usd == pytest.approx(loopback_models.service.usage_service.total().cost_usd)
+
+    server.responder = lambda request: (
+        '{"reasoning": "agreed", "final_answer": "%d"}' % (int(request.last_user_message.split("What is ")[1].split()[0]) + 1)
+        if "judge" in request.last_user_message
+        else "x"
+    )
+    second = compare_systems(ARITHMETIC[:3], {"judged": notation}, [NumericEvaluator()], journal=journal, progress=False)["judged"]
+    assert second.n_errors == 0 and second.accuracy == 1.0 and all(r.calls == 4 for r in second.records)

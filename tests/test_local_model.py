@@ -142,7 +142,7 @@ def test_sharded_generation_gives_the_same_tokens(model):
     )
     state, _ = _generate._prefill(
         model._params_on(mesh, "batch"), put(tokens), put(np.zeros(8, np.int32)), put(np.arange(8, dtype=np.int32)),
-        sampling, np.asarray([2], np.int32), config=model.config, cache_len=64, filtering=False, mesh=mesh, axis="batch",
+        sampling, np.asarray([2], np.int32), config=model.config, cache_len=64, mode="greedy", mesh=mesh, axis="batch",
     )
     assert state.cache.k.sharding.spec == PartitionSpec(None, "batch")
     assert state.token.sharding.spec == PartitionSpec("batch")

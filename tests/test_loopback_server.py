@@ -33,20 +33,8 @@ def _anthropic(server: LoopbackServer, **kwargs) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="test", max_retries=0, **kwargs)
 
 
-def _request(**overrides) -> LoopbackRequest:
-    fields = dict(
-        provider="openai",
-        model="m",
-        messages=USER,
-        temperature=None,
-        max_tokens=None,
-        stop=(),
-        seed=None,
-        stream=False,
-        body={},
-        index=0,
-    )
-    return LoopbackRequest(**{**fields, **overrides})
+def _asking(text: str) -> LoopbackRequest:
+    return LoopbackRequest("openai", "m", [{"role": "user", "content": text}], None, None, (), None, False, {}, 0)
 
 
 # --- round trips through the real SDKs -------------------------------------------------------
@@ -178,18 +166,21 @@ def test_responder_sees_parsed_openai_request(loopback_server):
     assert (request.index, request.stream, request.body["user"], request.last_user_message) == (0, False, "u1", "hi")
 
 
-def test_default_responder():
-    assert default_responder(_request(messages=[{"role": "user", "content": "What is 17 + 25?"}])) == "42"
-    for question, answer in [
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("What is 17 + 25?", "42"),
         ("2 + 3 * 4", "14"),
         ("calculate 6 x 7", "42"),
         ("What's 7 / 2?", "3.5"),
         ("10 - -3 =", "13"),
         ("1.5 * 2", "3"),
-    ]:
-        assert default_responder(_request(messages=[{"role": "user", "content": question}])) == answer
-    for text in ("Meet on 2024-10-22", "What is 1 / 0?"):
-        assert default_responder(_request(messages=[{"role": "user", "content": text}])) == f'[m] You said: "{text}"'
+        ("Meet on 2024-10-22", '[m] You said: "Meet on 2024-10-22"'),
+        ("What is 1 / 0?", '[m] You said: "What is 1 / 0?"'),
+    ],
+)
+def test_default_responder(question, answer):
+    assert default_responder(_asking(question)) == answer
 
 
 def test_broken_responder_answers_500_and_keeps_serving(loopback_server):
@@ -207,7 +198,30 @@ def test_invalid_requests_get_provider_errors(loopback_server):
         _openai(loopback_server).post("/nowhere", body={}, cast_to=object)
     with pytest.raises(openai.BadRequestError, match="messages"):
         _openai(loopback_server).post("/chat/completions", body={"model": "m"}, cast_to=object)
-    assert [r.status for r in loopback_server.requests] == [400, 404, 400]
+    with pytest.raises(openai.BadRequestError, match="stop"):
+        _openai(loopback_server).chat.completions.create(model="m", messages=USER, extra_body={"stop": 3})
+    assert [r.status for r in loopback_server.requests] == [400, 404, 400, 400]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: -5\r\n\r\n", 400),
+        (b"POST /v1/chat/completions HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", 501),
+    ],
+)
+def test_unreadable_http_is_answered_and_closed(loopback_server, raw, status):
+    async def send():
+        reader, writer = await asyncio.open_connection("127.0.0.1", loopback_server.port)
+        writer.write(raw)
+        response = await reader.read()  # the server closes the connection after answering
+        writer.close()
+        return response
+
+    response = asyncio.run(send())
+    assert response.startswith(b"HTTP/1.1 %d " % status) and b"connection: close" in response
+    assert loopback_server.requests == []
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -274,10 +288,7 @@ def test_context_length_fault_is_a_bad_request_in_each_format(loopback_server_fa
     assert caught.value.code == "context_length_exceeded"
     with pytest.raises(anthropic.BadRequestError) as caught:
         _call_anthropic(server)
-    assert caught.value.body["error"] == {
-        "type": "invalid_request_error",
-        "message": caught.value.body["error"]["message"],
-    }
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
     assert caught.value.body["error"]["message"].startswith("prompt is too long")
 
 

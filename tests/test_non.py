@@ -6,6 +6,8 @@ import json
 import pytest
 
 from ember.api import non
+from ember.api.operators import Operator
+from ember.operators import EnsembleInput, EnsembleOutput, LMModule
 from ember.testing import default_responder
 
 QUERY = "What is 17 * 23?"
@@ -29,7 +31,9 @@ def server(loopback_models):
 
 
 def prompts_of(server, model):
-    return [m["content"] for r in server.requests if r.model == model for m in r.body["messages"] if m["role"] == "user"]
+    return [
+        m["content"] for r in server.requests if r.model == model for m in r.body["messages"] if m["role"] == "user"
+    ]
 
 
 def test_seed_uniform_ensemble(server):
@@ -56,7 +60,10 @@ def test_varied_ensemble_sends_each_member_its_model_and_temperature(server):
 
 def test_judge_after_an_ensemble_still_sees_the_original_query(server):
     pipeline = non.Sequential(
-        [non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"), non.JudgeSynthesis("anthropic:claude-3-5-sonnet")]
+        [
+            non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"),
+            non.JudgeSynthesis("anthropic:claude-3-5-sonnet"),
+        ]
     )
     out = pipeline(inputs={"query": QUERY})
     assert out.final_answer == "391"
@@ -90,8 +97,13 @@ def test_nested_notation_runs_sub_networks_at_once_and_verifies(server):
 
 def test_vote_and_filter_vote(server):
     server.responder = lambda request: (
-        json.dumps({"verdict": "391" in request.last_user_message.split("Candidate answer:")[1],
-                    "explanation": "", "revised_answer": "391"})
+        json.dumps(
+            {
+                "verdict": "391" in request.last_user_message.split("Candidate answer:")[1],
+                "explanation": "",
+                "revised_answer": "391",
+            }
+        )
         if request.last_user_message.startswith("Check whether")
         else ["391", "400", "400", "391", "400"][request.index % 5]
     )
@@ -99,3 +111,31 @@ def test_vote_and_filter_vote(server):
     server.reset()
     assert non.FilterVote("openai:gpt-4o", num_calls=5)(query=QUERY).final_answer == "391"
     assert server.stats.total == 10  # 5 samples, 5 checks
+    reject_all = '{"verdict": false, "explanation": "", "revised_answer": ""}'
+    server.responder = lambda request: reject_all if request.last_user_message.startswith("Check") else "7"
+    assert non.Filter("openai:gpt-4o")(query=QUERY, responses=["1", "2"]).responses == ["1", "2"]
+
+
+# -- the seed's composition and Enhanced JIT examples (minus @jit, which the XCS layer adds) --
+
+
+class EnsembleOperator(Operator[EnsembleInput, EnsembleOutput]):
+    def __init__(self, lm_modules):
+        self.lm_modules = lm_modules
+
+    def forward(self, *, inputs: EnsembleInput) -> EnsembleOutput:
+        responses = [lm(inputs.query) for lm in self.lm_modules]
+        return EnsembleOutput(responses=responses)
+
+
+class MyEnsemble(Operator):
+    def forward(self, *, inputs):
+        ensemble = non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o")
+        responses = ensemble(inputs={"query": inputs.query})
+        return responses
+
+
+def test_seed_composition_and_jit_examples_run(server):
+    lms = [LMModule("openai:gpt-4o"), LMModule("anthropic:claude-3-5-sonnet")]
+    assert EnsembleOperator(lm_modules=lms)(query=QUERY).responses == ["391", "391"]
+    assert MyEnsemble()(inputs={"query": QUERY}).responses == ["391"] * 3

@@ -35,11 +35,17 @@ def test_the_seed_example_builds_ensemble_then_judge():
         (["2:E:m:0.5", "1:MC"], ["UniformEnsemble", "MostCommon"]),
         (["1:J:m:0", "1:S:m:0", "1:B:m:0", "1:V:m:.5"], ["JudgeSynthesis", "Synthesis", "SelectBest", "Verifier"]),
         # adjacent ensembles pool their samples for the next stage
-        (["3:E:a:0.7", "2:E:b:0.3", "1:J:c:0"], [{"Parallel": ["UniformEnsemble", "UniformEnsemble"]}, "JudgeSynthesis"]),
+        (
+            ["3:E:a:0.7", "2:E:b:0.3", "1:J:c:0"],
+            [{"Parallel": ["UniformEnsemble", "UniformEnsemble"]}, "JudgeSynthesis"],
+        ),
         # sub-networks are branches; their final answers are the candidates
         (
             [["3:E:a:0.7", "1:J:a:0"], ["3:E:b:0.7", "1:MC"], "1:J:c:0"],
-            [{"Parallel": [["UniformEnsemble", "JudgeSynthesis"], ["UniformEnsemble", "MostCommon"]]}, "JudgeSynthesis"],
+            [
+                {"Parallel": [["UniformEnsemble", "JudgeSynthesis"], ["UniformEnsemble", "MostCommon"]]},
+                "JudgeSynthesis",
+            ],
         ),
         ([["1:J:a:0"], "1:V:a:0"], [{"Parallel": ["JudgeSynthesis"]}, "Verifier"]),
         (("1:MC",), "MostCommon"),
@@ -120,7 +126,9 @@ def test_reference_errors_cycles_and_depth():
 # Mostly well-formed parts, so fuzzing reaches deep structures, with malformed ones mixed in.
 counts = st.one_of(st.just("1"), st.sampled_from(["3", "01", "0", "1025", "x", "", " 1", "\u0663", "+2"]))
 types = st.one_of(st.sampled_from(["E", "J", "V", "S", "B", "MC"]), st.sampled_from(["Q", "e", ""]))
-models = st.one_of(st.just("openai:gpt-4o"), st.lists(st.sampled_from(["m", "", "a b", "\t"]), max_size=3).map(":".join))
+models = st.one_of(
+    st.just("openai:gpt-4o"), st.lists(st.sampled_from(["m", "", "a b", "\t"]), max_size=3).map(":".join)
+)
 temps = st.one_of(st.sampled_from(["0", "0.7", "2", ".5", "1."]), st.sampled_from(["2.5", "-1", "1e3", "nan", ""]))
 nodes = st.one_of(
     st.tuples(counts, types, models, temps).map(":".join),
@@ -129,9 +137,13 @@ nodes = st.one_of(
     st.text(max_size=12),
 )
 leaves = st.one_of(nodes, st.sampled_from([None, 3, 1.5, b"3:E", {"k": 1}]))
-notation = st.recursive(leaves, lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner)), max_leaves=12)
+notation = st.recursive(
+    leaves, lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner)), max_leaves=12
+)
 valid_nodes = st.one_of(
-    st.tuples(st.sampled_from(["1", "2", "5"]), st.just("E"), st.sampled_from(["openai:gpt-4o", "m"]), st.just("0.5")).map(":".join),
+    st.tuples(
+        st.sampled_from(["1", "2", "5"]), st.just("E"), st.sampled_from(["openai:gpt-4o", "m"]), st.just("0.5")
+    ).map(":".join),
     st.sampled_from(["1:J:m:0", "1:V:m:0", "1:S:m:1", "1:B:m:2", "1:MC", "$a", "$b"]),
 )
 valid = st.recursive(valid_nodes, lambda inner: st.lists(inner, min_size=1, max_size=4), max_leaves=10)
@@ -147,4 +159,6 @@ def test_fuzzed_notation_builds_an_operator_or_raises_notation_error(graph, comp
     except non.NotationError as error:
         assert error.where and str(error)
     else:
-        assert isinstance(op, (Sequential, Parallel, non.UniformEnsemble, JudgeSynthesis, Synthesis, SelectBest, Verifier, MostCommon))
+        assert isinstance(
+            op, (Sequential, Parallel, non.UniformEnsemble, JudgeSynthesis, Synthesis, SelectBest, Verifier, MostCommon)
+        )

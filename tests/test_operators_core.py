@@ -4,11 +4,13 @@ import json
 
 import pytest
 
+from ember.api.operators import EmberModel, Specification
 from ember.models import ProviderError
 from ember.operators import (
     Ensemble,
     JudgeSynthesis,
     LMModule,
+    LMOperator,
     MostCommon,
     Operator,
     Parallel,
@@ -59,7 +61,11 @@ def test_ensemble_submits_every_member_with_its_own_sample_index(loopback_models
         return real_submit(model_id, prompt, **params)
 
     monkeypatch.setattr(service, "submit", spy)
-    members = [LMModule("openai:gpt-4o", 0.7), LMModule("openai:gpt-4o", 0.7), LMModule("anthropic:claude-3-5-sonnet", 0.2)]
+    members = [
+        LMModule("openai:gpt-4o", 0.7),
+        LMModule("openai:gpt-4o", 0.7),
+        LMModule("anthropic:claude-3-5-sonnet", 0.2),
+    ]
     out = Ensemble(members)(query="What is 6 x 7?")
     assert out.responses == ["42", "42", "42"]
     assert submitted == [("openai:gpt-4o", 0, 0.7), ("openai:gpt-4o", 1, 0.7), ("anthropic:claude-3-5-sonnet", 2, 0.2)]
@@ -130,6 +136,39 @@ def test_verifier_takes_a_judges_final_answer(loopback_models):
 def test_synthesis_returns_free_text(loopback_models):
     loopback_models.server.responder = replies("  Paris  ")
     assert Synthesis("openai:gpt-4o")(query=QUERY, responses=CANDIDATES).final_answer == "Paris"
+
+
+class SummarizerInput(EmberModel):
+    text: str
+    max_words: int = 100
+
+
+class SummarizerOutput(EmberModel):
+    summary: str
+    word_count: int
+
+
+class SummarizerSpec(Specification):
+    input_model = SummarizerInput
+    structured_output = SummarizerOutput
+    prompt_template = "Summarize the following text in {max_words} words or less:\n\n{text}"
+
+
+class Summarizer(LMOperator[SummarizerInput, SummarizerOutput]):
+    specification = SummarizerSpec()
+
+    def forward(self, *, inputs: SummarizerInput) -> SummarizerOutput:
+        return self.lm.generate(self.specification, inputs)
+
+
+def test_the_seed_specification_drives_a_model_backed_operator(loopback_models):
+    server = loopback_models.server
+    server.responder = replies('Here you go: {"summary": "Ember composes LLM calls.", "word_count": "4"}')
+    out = Summarizer("anthropic:claude-3-5-sonnet", temperature=0.2)(text="A long text about Ember.", max_words=5)
+    assert out == SummarizerOutput(summary="Ember composes LLM calls.", word_count=4)
+    [request] = server.requests
+    assert request.body["temperature"] == 0.2
+    assert request.body["messages"][0]["content"].startswith("Summarize the following text in 5 words or less:")
 
 
 # -- composition ------------------------------------------------------------------------

@@ -80,8 +80,10 @@ def test_llm_operators_are_all_static_and_mix_with_array_operators():
     pipeline = Sequential(
         [
             non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"),
-            Router(routes={"vote": non.WeightedVote.uniform(3), "judge": non.JudgeSynthesis("openai:gpt-4o")},
-                   selector=lambda inputs: "vote"),
+            Router(
+                routes={"vote": non.WeightedVote.uniform(3), "judge": non.JudgeSynthesis("openai:gpt-4o")},
+                selector=lambda inputs: "vote",
+            ),
         ]
     )
     leaves, treedef = jax.tree_util.tree_flatten(pipeline)

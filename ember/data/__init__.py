@@ -19,7 +19,7 @@ from ember.data._registry import INSTRUCTIONS, DatasetRegistry, DatasetSpec, def
 from ember.data._samplers import FirstNSampler, RandomSampler, Sampler, StratifiedSampler
 from ember.data._service import DataService
 from ember.data._transforms import NormalizeWhitespace, ShuffleChoices, Transform
-from ember.data._validators import RequireFields, ValidChoices, Validator, default_validators
+from ember.data._validators import RequireFields, Validator, ValidChoices, default_validators
 
 __all__ = [
     "DataService",

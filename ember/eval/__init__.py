@@ -2,15 +2,17 @@
 
 from ember.eval._budget import CostBudget
 from ember.eval._choice import MultipleChoiceEvaluator, extract_choice
+from ember.eval._code import CodeExecutionEvaluator, extract_code
 from ember.eval._evaluator import EvaluationResult, Evaluator, RoutedEvaluator
 from ember.eval._journal import Journal, JournalMismatchError
 from ember.eval._judge import JUDGE_TEMPLATE, LLMJudgeEvaluator
 from ember.eval._metrics import Interval, bootstrap_ci, percentiles
 from ember.eval._numeric import NumericEvaluator, extract_number, parse_number
-from ember.eval._pipeline import EvaluationPipeline, compare_systems, render_prompt
+from ember.eval._operator_system import OperatorSystem, TrackedService
+from ember.eval._pipeline import EvaluationPipeline, compare_systems
 from ember.eval._report import comparison_table, render_html, report_dict, write_report
 from ember.eval._results import EvaluationResults, ItemRecord, RecordView
-from ember.eval._operator_system import OperatorSystem, TrackedService
+from ember.eval._runner import render_prompt
 from ember.eval._systems import FunctionSystem, ModelSystem, System, SystemFailure, SystemOutput, as_system
 from ember.eval._text import ExactMatchEvaluator, RegexEvaluator, TokenF1Evaluator, normalize_text
 
@@ -31,6 +33,8 @@ __all__ = [
     "NumericEvaluator",
     "LLMJudgeEvaluator",
     "JUDGE_TEMPLATE",
+    "CodeExecutionEvaluator",
+    "extract_code",
     "normalize_text",
     "extract_choice",
     "extract_number",

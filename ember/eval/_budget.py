@@ -24,6 +24,11 @@ class CostBudget:
         self.unpriced = 0
         self._lock = threading.Lock()
 
+    def begin(self, already_spent_usd: float) -> None:
+        """Start a run whose journal already records ``already_spent_usd`` of spend."""
+        with self._lock:
+            self.spent_usd, self.unpriced = float(already_spent_usd), 0
+
     def charge(self, cost_usd: float | None) -> None:
         """Add one finished item's cost (``None``: its price is unknown)."""
         with self._lock:

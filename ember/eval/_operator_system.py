@@ -17,6 +17,7 @@ import ast
 import contextvars
 import re
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ember.eval._systems import SystemFailure, SystemOutput
@@ -95,6 +96,23 @@ class TrackedService:
         return getattr(self._service, name)
 
 
+def _model_services(node: Any, seen: set[int]) -> Iterator[Any]:
+    """The ``model_service`` of every model-backed part of an operator tree."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, (list, tuple)):
+        for child in node:
+            yield from _model_services(child, seen)
+        return
+    if not (is_operator(node) or type(node).__name__ == "LMModule"):
+        return
+    if hasattr(node, "model_name") and hasattr(node, "model_service"):
+        yield node.model_service
+    for value in vars(node).values():
+        yield from _model_services(value, seen)
+
+
 def _answer(output: Any) -> str:
     if isinstance(output, str):
         return output
@@ -109,12 +127,18 @@ def _answer(output: Any) -> str:
 
 
 class OperatorSystem:
-    """Runs ``operator(inputs={"query": prompt})`` per item; the answer is its ``final_answer``."""
+    """Runs ``operator(inputs={"query": prompt})`` per item; the answer is its ``final_answer``.
 
-    def __init__(self, operator: Any, *, name: str | None = None, spec: str | None = None, tracked: bool = False) -> None:
-        self.operator, self.tracked = operator, tracked
+    Costs are known when every model-backed part of the operator calls a
+    :class:`TrackedService` (as operators built from notation here do); otherwise each
+    item's cost is reported as unknown.
+    """
+
+    def __init__(self, operator: Any, *, name: str | None = None, spec: str | None = None) -> None:
+        self.operator = operator
         self.name = name or type(operator).__name__
         self.spec = spec or f"operator:{operator!r}"
+        self.tracked = all(isinstance(s, TrackedService) for s in _model_services(operator, set()))
 
     @classmethod
     def from_notation(cls, notation: str, *, name: str | None = None, service: ModelService | None = None) -> OperatorSystem:
@@ -126,7 +150,7 @@ class OperatorSystem:
 
             service = get_app_context().model_service
         operator = build_graph(parse_notation(notation), model_service=TrackedService(service))
-        return cls(operator, name=name or notation, spec=f"non:{notation}", tracked=True)
+        return cls(operator, name=name or notation, spec=f"non:{notation}")
 
     def _call(self, prompt: str) -> SystemOutput:
         from ember.operators import InvalidOutputError

@@ -55,7 +55,7 @@ def report_dict(results: Mapping[str, EvaluationResults], *, dataset: str = "", 
     return clean(
         {
             "dataset": dataset,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "systems": {name: r.to_dict(records=records) for name, r in results.items()},
         }
     )
@@ -133,7 +133,7 @@ def render_html(results: Mapping[str, EvaluationResults], *, dataset: str = "", 
         ]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stopped = [f"<p class=bad>{html.escape(n)}: stopped early — {html.escape(r.stopped)}</p>" for n, r in results.items() if r.stopped]
-    created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class=note>dataset <b>{html.escape(dataset)}</b> · {created} · "

@@ -100,7 +100,7 @@ class FunctionSystem:
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.spec = f"function:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', self.name)}"
         self.executor: concurrent.futures.Executor | None = None
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
 
     async def arun(self, prompt: str) -> SystemOutput:
         if self._is_async:

@@ -33,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember.local._llama import KVCache, LlamaConfig, LlamaParams, forward, init_cache, unembed
-from ember.local._sampling import SamplingParams, sample, seed_words
+from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams, sample, seed_words
 from ember.local._tokenizer import GGUFTokenizer
 
 __all__ = ["GenerationConfig", "Generation", "GenerationStats", "generate_tokens", "bucket"]
@@ -146,7 +146,7 @@ def _finished(token: jax.Array, generated: jax.Array, sampling: SamplingParams, 
     return is_end | (generated >= sampling.max_new)
 
 
-@partial(jax.jit, static_argnames=("config", "cache_len", "filtering", "mesh", "axis"))
+@partial(jax.jit, static_argnames=("config", "cache_len", "mode", "mesh", "axis"))
 def _prefill(
     params: LlamaParams,
     tokens: jax.Array,
@@ -157,7 +157,7 @@ def _prefill(
     *,
     config: LlamaConfig,
     cache_len: int,
-    filtering: bool,
+    mode: str,
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array]:
@@ -168,7 +168,7 @@ def _prefill(
     logits = unembed(params, hidden)[row_map]
     cache = KVCache(cache.k[:, row_map], cache.v[:, row_map])
     generated = jnp.zeros(row_map.shape, jnp.int32)
-    token = sample(logits, sampling, generated, filtering=filtering)
+    token = sample(logits, sampling, generated, mode=mode)
     generated = generated + 1
     state = DecodeState(
         cache=cache,
@@ -181,7 +181,7 @@ def _prefill(
     return _constrain_state(state, mesh, axis), token
 
 
-@partial(jax.jit, static_argnames=("config", "chunk", "filtering", "mesh", "axis"), donate_argnames=("state",))
+@partial(jax.jit, static_argnames=("config", "chunk", "mode", "mesh", "axis"), donate_argnames=("state",))
 def _decode(
     params: LlamaParams,
     state: DecodeState,
@@ -190,7 +190,7 @@ def _decode(
     *,
     config: LlamaConfig,
     chunk: int,
-    filtering: bool,
+    mode: str,
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array, jax.Array]:
@@ -204,7 +204,7 @@ def _decode(
     def step_fn(carry):
         step, st, out = carry
         hidden, cache = forward(params, config, st.token[:, None], st.start, st.slot, st.cache)
-        token = sample(unembed(params, hidden), sampling, st.generated, filtering=filtering)
+        token = sample(unembed(params, hidden), sampling, st.generated, mode=mode)
         token = jnp.where(st.done, -1, token)
         generated = st.generated + (~st.done).astype(jnp.int32)
         done = st.done | _finished(token, generated, sampling, end_ids)
@@ -299,8 +299,13 @@ def generate_tokens(
         tokens, start, row_map_arr = put(tokens), put(start), put(row_map_arr)
         sampling = SamplingParams(*(put(x) for x in sampling))
     end = np.asarray(sorted(end_ids) or [-1], np.int32)
-    filtering = any(r.config.filters for r in rows)
-    static = dict(config=config, filtering=filtering, mesh=mesh, axis=axis)
+    if any(r.config.filters for r in rows):
+        mode = FILTER
+    elif any(r.config.temperature > 0 for r in rows):
+        mode = SAMPLE
+    else:
+        mode = GREEDY
+    static = dict(config=config, mode=mode, mesh=mesh, axis=axis)
 
     stats.generate_calls += 1
     stats.rows += n

@@ -8,7 +8,7 @@
 from ember.non._calls_estimator import CallsEstimate, estimate_num_calls, vote_accuracy
 from ember.non._ensembles import UniformEnsemble, VariedEnsemble
 from ember.non._notation import NotationError, build_graph
-from ember.non._vote import FilterVote, Vote
+from ember.non._vote import Filter, FilterVote, Vote
 from ember.non._weighted_vote import WeightedVote, WeightedVoteOutput
 from ember.operators import (
     Ensemble,
@@ -23,7 +23,25 @@ from ember.operators import (
 )
 
 __all__ = [
-    "CallsEstimate", "Ensemble", "FilterVote", "JudgeSynthesis", "MostCommon", "NotationError", "Parallel",
-    "Router", "SelectBest", "Sequential", "Synthesis", "UniformEnsemble", "VariedEnsemble", "Verifier", "Vote",
-    "WeightedVote", "WeightedVoteOutput", "build_graph", "estimate_num_calls", "vote_accuracy",
+    "CallsEstimate",
+    "Ensemble",
+    "Filter",
+    "FilterVote",
+    "JudgeSynthesis",
+    "MostCommon",
+    "NotationError",
+    "Parallel",
+    "Router",
+    "SelectBest",
+    "Sequential",
+    "Synthesis",
+    "UniformEnsemble",
+    "VariedEnsemble",
+    "Verifier",
+    "Vote",
+    "WeightedVote",
+    "WeightedVoteOutput",
+    "build_graph",
+    "estimate_num_calls",
+    "vote_accuracy",
 ]

@@ -59,7 +59,7 @@ from ember.operators import JudgeSynthesis, MostCommon, Operator, Parallel, Sele
 if TYPE_CHECKING:
     from ember.models import ModelService
 
-__all__ = ["build_graph", "NotationError"]
+__all__ = ["NotationError", "build_graph"]
 
 MAX_COUNT = 1024
 MAX_DEPTH = 32
@@ -146,10 +146,11 @@ class _Builder:
             close = difflib.get_close_matches(name, list(self.components), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join('$' + c for c in close)}?" if close else ""
             known = f" (components: {', '.join(sorted(self.components))})" if self.components and not close else ""
-            raise NotationError(f"unknown reference ${name}{hint}{known}", where=where, node=text,
-                                column=0, width=len(text))
+            raise NotationError(
+                f"unknown reference ${name}{hint}{known}", where=where, node=text, column=0, width=len(text)
+            )
         if name in self.expanding:
-            cycle = " -> ".join(f"${n}" for n in [*self.expanding[self.expanding.index(name):], name])
+            cycle = " -> ".join(f"${n}" for n in [*self.expanding[self.expanding.index(name) :], name])
             raise NotationError(f"cyclic reference {cycle}", where=where, node=text, column=0, width=len(text))
         self.expanding.append(name)
         try:
@@ -193,8 +194,9 @@ class _Builder:
             raise fail(f"MODEL {model!r} has {problem}", 2, width=len(model))
         temp = fields[-1]
         if not _TEMP.fullmatch(temp) or float(temp) > 2:
-            raise fail(f"TEMP must be a number from 0 to 2, got {temp!r} (the last field is the temperature)",
-                       len(fields) - 1)
+            raise fail(
+                f"TEMP must be a number from 0 to 2, got {temp!r} (the last field is the temperature)", len(fields) - 1
+            )
         settings = {"model_name": model, "temperature": float(temp), "model_service": self.service}
         if kind == "E":
             return UniformEnsemble(num_units=count, **settings), True

@@ -1,12 +1,13 @@
 """Vote and FilterVote: the two compound systems studied by Chen et al. (2024).
 
 "Are More LLM Calls All You Need?" analyses *Vote* -- sample one model ``num_calls``
-times and return the most common answer -- and *Filter-Vote*, which first asks the model
-to judge each sampled answer and votes among those it keeps. Their accuracy need not grow
+times and return the most common answer -- and *Filter-Vote*, which first asks a model to
+check each sampled answer and votes among those it accepts. Their accuracy need not grow
 with ``num_calls``; :func:`estimate_num_calls` predicts a good number from a few samples.
 
-Both compose the core operators, so all samples (and all filter checks) are in flight at
-once through the models layer.
+Both are compositions of operators called through ``__call__`` (sample, filter, vote), so
+an execution engine can trace them; within a step, all samples and all checks are
+submitted together through the models layer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import TYPE_CHECKING
 
 from ember.non._ensembles import UniformEnsemble
 from ember.operators import (
+    CandidatesInput,
     EnsembleInput,
+    EnsembleOutput,
+    LMOperator,
     MostCommon,
     MostCommonOutput,
     Operator,
@@ -27,12 +31,33 @@ from ember.operators import (
 if TYPE_CHECKING:
     from ember.models import ModelService
 
-__all__ = ["Vote", "FilterVote"]
+__all__ = ["Filter", "FilterVote", "Vote"]
 
 
 class VoteSpecification(Specification[EnsembleInput, MostCommonOutput]):
     input_model = EnsembleInput
     structured_output = MostCommonOutput
+
+
+class FilterSpecification(Specification[CandidatesInput, EnsembleOutput]):
+    input_model = CandidatesInput
+    structured_output = EnsembleOutput
+
+
+@register_operator
+class Filter(LMOperator[CandidatesInput, EnsembleOutput]):
+    """Keep the ``responses`` a verifier accepts as answers to ``query`` (all, if it accepts none).
+
+    Uses :class:`~ember.operators.Verifier`'s prompt; the checks are submitted at once.
+    """
+
+    specification = FilterSpecification()
+
+    def forward(self, *, inputs: CandidatesInput) -> EnsembleOutput:
+        checks = [{"query": inputs.query, "candidate_answer": answer} for answer in inputs.responses]
+        verdicts = self.lm.generate_all(Verifier.specification, checks)
+        kept = [answer for answer, check in zip(inputs.responses, verdicts) if check.verdict]
+        return EnsembleOutput(responses=kept or inputs.responses)
 
 
 @register_operator
@@ -59,10 +84,9 @@ class Vote(Operator[EnsembleInput, MostCommonOutput]):
 
 @register_operator
 class FilterVote(Operator[EnsembleInput, MostCommonOutput]):
-    """Vote among the samples a verifier accepts; among all samples if it accepts none.
+    """Vote among the samples a :class:`Filter` keeps.
 
-    The verifier defaults to the sampled model at temperature 0. Its checks of the
-    ``num_calls`` answers are submitted together, like the samples.
+    The filter defaults to the sampled model at temperature 0.
     """
 
     specification = VoteSpecification()
@@ -77,12 +101,10 @@ class FilterVote(Operator[EnsembleInput, MostCommonOutput]):
         filter_model_name: str | None = None,
     ) -> None:
         self.ensemble = UniformEnsemble(num_calls, model_name, temperature, max_tokens, model_service)
-        self.verifier = Verifier(filter_model_name or model_name, 0.0, max_tokens, model_service)
+        self.filter = Filter(filter_model_name or model_name, 0.0, max_tokens, model_service)
         self.aggregate = MostCommon()
 
     def forward(self, *, inputs: EnsembleInput) -> MostCommonOutput:
-        samples = self.ensemble(inputs=inputs).responses
-        checks = [{"query": inputs.query, "candidate_answer": answer} for answer in samples]
-        verdicts = self.verifier.lm.generate_all(self.verifier.specification, checks)
-        kept = [answer for answer, check in zip(samples, verdicts) if check.verdict]
-        return self.aggregate(responses=kept or samples)
+        samples = self.ensemble(inputs=inputs)
+        kept = self.filter(query=inputs.query, responses=samples.responses)
+        return self.aggregate(inputs=kept)

@@ -85,7 +85,9 @@ class WeightedVote(Operator[MostCommonInput, WeightedVoteOutput]):
     def forward(self, *, inputs: MostCommonInput) -> WeightedVoteOutput:
         responses = inputs.responses
         if len(responses) != self.logits.shape[0]:
-            raise InvalidInputError(f"WeightedVote has {self.logits.shape[0]} members but got {len(responses)} responses")
+            raise InvalidInputError(
+                f"WeightedVote has {self.logits.shape[0]} members but got {len(responses)} responses"
+            )
         weights = np.asarray(self.weights)
         mass: dict[str, float] = {}
         first: dict[str, int] = {}

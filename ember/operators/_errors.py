@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from ember.models._errors import EmberError
 
 __all__ = [
-    "SpecificationError",
     "InvalidInputError",
     "InvalidOutputError",
-    "StructuredOutputError",
-    "RoutingError",
     "OperatorNotFoundError",
+    "RoutingError",
+    "SpecificationError",
+    "StructuredOutputError",
 ]
 
 _SNIPPET_CHARS = 200

@@ -83,13 +83,21 @@ class LMModule:
 
     def __call__(self, prompt: Prompt, *, sample_index: int = 0) -> str:
         """Call the model and return the answer's text."""
-        return self.submit(prompt, sample_index=sample_index).result().text
+        return self.service.invoke_model(
+            self.model_name,
+            prompt,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            sample_index=sample_index,
+        ).text
 
     def generate(self, spec: Specification[Any, OutT], inputs: Mapping[str, Any] | BaseModel) -> OutT:
         """The structured answer to ``spec``'s prompt for ``inputs``."""
         return self.generate_all(spec, [inputs])[0]
 
-    def generate_all(self, spec: Specification[Any, OutT], batch: Sequence[Mapping[str, Any] | BaseModel]) -> list[OutT]:
+    def generate_all(
+        self, spec: Specification[Any, OutT], batch: Sequence[Mapping[str, Any] | BaseModel]
+    ) -> list[OutT]:
         """Structured answers for many inputs: all first calls, then all repairs, concurrently."""
         validated = [spec.validate_inputs(inputs) for inputs in batch]
         prompts = [f"{spec.render_prompt(inputs)}\n\n{spec.output_instructions()}" for inputs in validated]
@@ -112,7 +120,18 @@ class LMModule:
 
 
 class LMOperator(Operator[InT, OutT]):
-    """Base of operators backed by one model: the four fields below, and :attr:`lm`."""
+    """Base of operators backed by one model: the four fields below, and :attr:`lm`.
+
+    An LLM operator for a specification is then three lines::
+
+        class Summarizer(LMOperator[SummarizerInput, SummarizerOutput]):
+            specification = SummarizerSpec()
+
+            def forward(self, *, inputs):
+                return self.lm.generate(self.specification, inputs)
+
+        Summarizer("openai:gpt-4o", temperature=0.2)(text=article, max_words=50).summary
+    """
 
     model_name: str
     temperature: float = 0.0

@@ -17,7 +17,7 @@ from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
 from ember.operators._specification import Specification
 
-__all__ = ["MostCommon", "MostCommonInput", "MostCommonOutput", "normalize_answer", "majority_vote"]
+__all__ = ["MostCommon", "MostCommonInput", "MostCommonOutput", "majority_vote", "normalize_answer"]
 
 _STRIP = " \t\n.!?,;:'\"`*"
 

@@ -60,7 +60,7 @@ _LAYOUT = "__ember_layout__"
 class _Static:
     """Static field values as treedef metadata: compared by value, hashed safely."""
 
-    __slots__ = ("items", "_hash")
+    __slots__ = ("_hash", "items")
 
     def __init__(self, items: tuple[tuple[str, Any], ...]) -> None:
         self.items = items
@@ -76,7 +76,7 @@ class _Static:
             return True
         try:
             return bool(self.items == other.items)
-        except Exception:  # values whose == is not a plain bool (e.g. arrays) are unequal
+        except (TypeError, ValueError):  # == that is not a plain bool (arrays): unequal
             return False
 
     def __hash__(self) -> int:
@@ -151,9 +151,7 @@ class Operator(Generic[InT, OutT], metaclass=_OperatorMeta):
         # A hand-written __init__ (here or inherited) wins over the generated one.
         cls._custom_init = "__init__" in vars(cls) or any(vars(b).get("_custom_init", False) for b in cls.__mro__[1:])
         dataclasses.dataclass(cls, init=not cls._custom_init, repr=False, eq=False)
-        jax.tree_util.register_pytree_with_keys(
-            cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten
-        )
+        jax.tree_util.register_pytree_with_keys(cls, _flatten_with_keys, functools.partial(_unflatten, cls), _flatten)
 
     @abc.abstractmethod
     def forward(self, *, inputs: InT) -> OutT:

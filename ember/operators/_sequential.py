@@ -29,7 +29,9 @@ def as_fields(value: Any, where: str) -> dict[str, Any]:
     """A model's or mapping's fields as a shallow dict (nested values kept as they are)."""
     if isinstance(value, (BaseModel, Mapping)):
         return dict(value)
-    raise InvalidOutputError(f"{where} returned {type(value).__name__}; a model or a mapping is needed to carry it forward")
+    raise InvalidOutputError(
+        f"{where} returned {type(value).__name__}; a model or a mapping is needed to carry it forward"
+    )
 
 
 @register_operator

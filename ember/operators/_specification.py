@@ -69,9 +69,7 @@ class Specification(Generic[InT, OutT]):
             self.structured_output = structured_output
         if prompt_template is not None:
             self.prompt_template = prompt_template
-        self._placeholders = _check(
-            type(self).__name__, self.input_model, self.structured_output, self.prompt_template
-        )
+        self._placeholders = _check(type(self).__name__, self.input_model, self.structured_output, self.prompt_template)
 
     def __repr__(self) -> str:
         def name(model: type | None) -> str:
@@ -182,8 +180,9 @@ def _placeholder_names(where: str, template: str) -> list[str]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise SpecificationError(f"{where}: prompt_template is not a valid format string ({exc}); "
-                                 "write literal braces as {{ and }}") from None
+        raise SpecificationError(
+            f"{where}: prompt_template is not a valid format string ({exc}); write literal braces as {{{{ and }}}}"
+        ) from None
     names = []
     for _, field, spec, _ in parsed:
         if field is None:
@@ -243,4 +242,3 @@ def _extract_json(text: str) -> Any:
             return data
         error = f"expected a JSON object, got {type(data).__name__}"
     raise ValueError(error)
-

@@ -12,7 +12,7 @@ from ember.operators._model import EmberModel
 from ember.operators._registry import register_operator
 from ember.operators._specification import Specification
 
-__all__ = ["JudgeSynthesis", "Synthesis", "CandidatesInput", "JudgeSynthesisOutput", "SynthesisOutput"]
+__all__ = ["CandidatesInput", "JudgeSynthesis", "JudgeSynthesisOutput", "Synthesis", "SynthesisOutput"]
 
 
 class CandidatesInput(EmberModel):

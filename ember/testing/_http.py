@@ -51,10 +51,10 @@ async def read_request(reader: asyncio.StreamReader) -> HttpRequest | None:
         headers[name.lower()] = value.strip()
     if "transfer-encoding" in headers:
         raise HttpError(501, "chunked request bodies are not supported; send Content-Length")
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError:
-        raise HttpError(400, "invalid Content-Length") from None
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        raise HttpError(400, f"invalid Content-Length {length!r:.20}")
+    length = int(length)
     body = await reader.readexactly(length) if length else b""
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"

@@ -47,14 +47,13 @@ class LoopbackRequest:
 def parse_openai(body: Any, index: int) -> LoopbackRequest:
     """Read a ``POST /v1/chat/completions`` body."""
     _require_object(body)
-    stop = body.get("stop")
     return LoopbackRequest(
         provider="openai",
         model=_model(body),
         messages=_messages(body),
         temperature=body.get("temperature"),
         max_tokens=_optional_int(body, "max_completion_tokens", body.get("max_tokens")),
-        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        stop=_strings(body, "stop"),
         seed=body.get("seed"),
         stream=bool(body.get("stream")),
         body=body,
@@ -77,7 +76,7 @@ def parse_anthropic(body: Any, index: int) -> LoopbackRequest:
         messages=messages,
         temperature=body.get("temperature"),
         max_tokens=_optional_int(body, "max_tokens", None),
-        stop=tuple(body.get("stop_sequences") or ()),
+        stop=_strings(body, "stop_sequences"),
         seed=None,
         stream=bool(body.get("stream")),
         body=body,
@@ -102,6 +101,14 @@ def _optional_int(body: dict[str, Any], key: str, default: Any) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise InvalidRequest(f"{key}: must be a non-negative integer, got {value!r}")
     return value
+
+
+def _strings(body: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = body.get(key) or ()
+    value = (value,) if isinstance(value, str) else value
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
+        raise InvalidRequest(f"{key}: must be a string or a list of strings")
+    return tuple(value)
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:

@@ -20,13 +20,9 @@ from ember.testing._request import LoopbackRequest, Provider
 _PIECES = re.compile(r"\s*\S+|\s+")  # stream deltas: one word each, with its leading space
 _OPENAI_FINISH = {"end": "stop", "stop_sequence": "stop", "length": "length"}
 _ANTHROPIC_STOP = {"end": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens"}
-_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
+# Error "type" by status where it is not the default (5xx: server/api error, 4xx: invalid request).
+_OPENAI_ERROR_TYPES = {429: "requests"}
+_ANTHROPIC_ERROR_TYPES = {404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
 _MALFORMED = {
     "openai": b'{"id":"chatcmpl-loopback","object":"chat.completion","choices":[{"index":0,"message":{"content":"',
     "anthropic": b'{"id":"msg_loopback","type":"message","content":[{"type":"text","text":"',

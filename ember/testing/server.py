@@ -63,7 +63,10 @@ def _load_responder(target: str) -> Responder:
     module, _, name = target.partition(":")
     if not name:
         raise argparse.ArgumentTypeError(f"responder must be 'module:function', got {target!r}")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise argparse.ArgumentTypeError(f"cannot load responder {target!r}: {error}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,9 +19,9 @@ import abc
 import contextlib
 import hashlib
 import json
+import logging
 import random
 import shutil
-import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
