@@ -110,15 +110,18 @@ def test_deadline_stops_a_row(model):
 
 
 def test_prompt_lengths_in_one_bucket_reuse_compiled_programs(model):
-    model.generate(["Hi"], SHORT)
+    prompts = ["Tell me a story.", "What is the capital of France?", "Hello there, how are you doing on this fine day?"]
+    assert len({len(model.encode(p)) for p in prompts}) == 3
+    model.generate(prompts[:1], SHORT)
     compiled = (_generate._prefill._cache_size(), _generate._decode._cache_size())
-    model.generate(["Hello there, how are you doing on this fine day?"], SHORT)
-    model.generate(["What?"], GenerationConfig(max_new_tokens=5))
+    model.generate(prompts[1:2], SHORT)
+    model.generate(prompts[2:], GenerationConfig(max_new_tokens=5))
     assert (_generate._prefill._cache_size(), _generate._decode._cache_size()) == compiled
 
 
 def test_buckets_are_powers_of_two_and_mesh_multiples():
     assert [_generate.bucket(n) for n in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
+    assert [_generate.prompt_bucket(n) for n in (1, 17, 25, 33, 49, 65, 97)] == [16, 24, 32, 48, 64, 96, 128]
     assert _generate.bucket(3, 16) == 16 and _generate.bucket(3, multiple=8) == 8 and _generate.bucket(12, multiple=8) == 16
 
 

@@ -24,7 +24,7 @@ __all__ = ["comparison_table", "report_dict", "render_html", "write_report"]
 
 
 def _fmt_latency(seconds: float) -> str:
-    return "-" if math.isnan(seconds) else f"{seconds:.3f}s"
+    return "-" if math.isnan(seconds) else f"{seconds:.3g}s"
 
 
 def comparison_table(results: Mapping[str, EvaluationResults], *, title: str = "") -> Table:

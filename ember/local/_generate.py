@@ -36,7 +36,7 @@ from ember.local._llama import KVCache, LlamaConfig, LlamaParams, forward, init_
 from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams, sample, seed_words
 from ember.local._tokenizer import GGUFTokenizer
 
-__all__ = ["GenerationConfig", "Generation", "GenerationStats", "generate_tokens", "bucket"]
+__all__ = ["GenerationConfig", "Generation", "GenerationStats", "generate_tokens", "bucket", "prompt_bucket"]
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 64
@@ -119,6 +119,15 @@ def bucket(n: int, minimum: int = 1, multiple: int = 1) -> int:
     return -(-size // multiple) * multiple
 
 
+def prompt_bucket(n: int) -> int:
+    """Padded prompt length: the smallest of 16, 24, 32, 48, 64, 96, ... (powers of two and
+    1.5x powers of two) that holds ``n``. Prefill costs every padded token, and chat
+    prompts cluster just above powers of two (SmolLM2's template alone is ~30 tokens), so
+    the half steps cut the padding waste from up to 50% to up to 33%."""
+    size = bucket(n, MIN_PROMPT_BUCKET)
+    return size * 3 // 4 if size > MIN_PROMPT_BUCKET and n <= size * 3 // 4 else size
+
+
 def _batch_spec(mesh: Mesh | None, axis: str, ndim: int, dim: int = 0) -> NamedSharding | None:
     if mesh is None:
         return None
@@ -164,7 +173,7 @@ def _prefill(
     """Prefill the unique prompts ``tokens [U, T]``, copy them to rows (``row_map [B]``) and
     sample every row's first token."""
     cache = init_cache(config, tokens.shape[0], cache_len, params.embed.dtype)
-    hidden, cache = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), cache)
+    hidden, cache = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), cache, tokens.shape[1])
     logits = unembed(params, hidden)[row_map]
     cache = KVCache(cache.k[:, row_map], cache.v[:, row_map])
     generated = jnp.zeros(row_map.shape, jnp.int32)
@@ -181,7 +190,7 @@ def _prefill(
     return _constrain_state(state, mesh, axis), token
 
 
-@partial(jax.jit, static_argnames=("config", "chunk", "mode", "mesh", "axis"), donate_argnames=("state",))
+@partial(jax.jit, static_argnames=("config", "chunk", "window", "mode", "mesh", "axis"), donate_argnames=("state",))
 def _decode(
     params: LlamaParams,
     state: DecodeState,
@@ -190,11 +199,13 @@ def _decode(
     *,
     config: LlamaConfig,
     chunk: int,
+    window: int,
     mode: str,
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array, jax.Array]:
-    """Up to ``chunk`` decode steps; stops early once every row is done. Returns the new
+    """Up to ``chunk`` decode steps; stops early once every row is done. Attention reads the
+    first ``window`` cache slots (``>= slot + chunk``, or the whole cache). Returns the new
     state, the tokens ``[B, chunk]`` (-1 where a row was already done) and the step count."""
 
     def live(carry):
@@ -203,7 +214,7 @@ def _decode(
 
     def step_fn(carry):
         step, st, out = carry
-        hidden, cache = forward(params, config, st.token[:, None], st.start, st.slot, st.cache)
+        hidden, cache = forward(params, config, st.token[:, None], st.start, st.slot, st.cache, window)
         token = sample(unembed(params, hidden), sampling, st.generated, mode=mode)
         token = jnp.where(st.done, -1, token)
         generated = st.generated + (~st.done).astype(jnp.int32)
@@ -275,7 +286,7 @@ def generate_tokens(
     n_unique = len(unique)
     u_size = bucket(n_unique, multiple=devices)
     b_size = bucket(n, multiple=devices)
-    t_size = bucket(max(len(ids) for ids in unique), MIN_PROMPT_BUCKET)
+    t_size = prompt_bucket(max(len(ids) for ids in unique))
     s_size = bucket(t_size + max(r.max_new for r in rows), MIN_CACHE_BUCKET)
 
     tokens = np.full((u_size, t_size), tokenizer.pad_id, np.int32)
@@ -312,6 +323,7 @@ def generate_tokens(
     stats.prefill_calls += 1
     state, first = _prefill(params, tokens, start, row_map_arr, sampling, end, cache_len=s_size, **static)
     new_tokens = np.asarray(first)[:n, None]
+    slot = t_size  # cache slot of the next fed token
     while True:
         done = np.asarray(state.done)
         _absorb(rows, new_tokens, done, tokenizer, end_ids)
@@ -325,10 +337,12 @@ def generate_tokens(
         if (host_done != done).any():
             placed = host_done if mesh is None else jax.device_put(host_done, state.done.sharding)
             state = state._replace(done=placed)
-        state, out, steps = _decode(params, state, sampling, end, chunk=chunk, **static)
-        new_tokens = np.asarray(out)[:n]
+        window = min(bucket(slot + chunk, MIN_CACHE_BUCKET), s_size)
+        state, out, steps = _decode(params, state, sampling, end, chunk=chunk, window=window, **static)
+        new_tokens, steps = np.asarray(out)[:n], int(steps)
+        slot += steps
         stats.decode_chunks += 1
-        stats.decode_steps += int(steps)
+        stats.decode_steps += steps
     results = [_result(r, tokenizer, end_ids) for r in rows]
     stats.generated_tokens += sum(g.completion_tokens for g in results)
     return results

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember.local._chat import ChatFormat, chat_format_from_template
-from ember.local._generate import MIN_PROMPT_BUCKET, Generation, GenerationConfig, GenerationStats, bucket, generate_tokens
+from ember.local._generate import Generation, GenerationConfig, GenerationStats, bucket, generate_tokens, prompt_bucket
 from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
 from ember.local._paths import resolve_model_path
@@ -152,7 +152,7 @@ class LocalModel:
     def next_token_logits(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Float32 logits ``[n, vocab]`` of the token after each prompt, in one padded batch."""
         n = len(prompt_ids)
-        t_size = bucket(max(len(p) for p in prompt_ids), MIN_PROMPT_BUCKET)
+        t_size = prompt_bucket(max(len(p) for p in prompt_ids))
         tokens = np.full((bucket(n), t_size), self.tokenizer.pad_id, np.int32)
         start = np.full((tokens.shape[0],), t_size - 1, np.int32)
         for i, ids in enumerate(prompt_ids):
@@ -176,7 +176,7 @@ class LocalModel:
 @partial(jax.jit, static_argnames=("config",))
 def _logits(params: LlamaParams, tokens: jax.Array, start: jax.Array, *, config: LlamaConfig) -> jax.Array:
     cache = init_cache(config, tokens.shape[0], tokens.shape[1], params.embed.dtype)
-    hidden, _ = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), cache)
+    hidden, _ = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), cache, tokens.shape[1])
     return unembed(params, hidden)
 
 
