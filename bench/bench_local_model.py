@@ -17,6 +17,7 @@ bound: every step reads every weight once (bytes = parameter bytes), so
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -80,6 +81,8 @@ def main() -> None:
     print(f"model: {model.path.name} ({model.param_bytes / 1e6:.0f} MB of {model.dtype.name} weights)")
     print(f"device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))")
     print(f"import: {import_s:.2f} s   load (parse + dequantize + place): {load_s:.2f} s")
+    # Other processes on a small machine skew every number: say how busy it was.
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     n_new = args.new_tokens
     prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
@@ -100,7 +103,7 @@ def main() -> None:
         print(f"{batch:>5} {compile_s:>9.1f} {prefill_s:>9.2f} {step_s * 1e3:>14.1f} {decode_rate:>12.1f} {e2e_rate:>9.1f}")
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(f"\npeak RSS: {peak_rss_mb:.0f} MB")
+    print(f"\npeak RSS: {peak_rss_mb:.0f} MB   load average after: {os.getloadavg()[0]:.2f}")
     if 1 in rates and 32 in rates:
         print(
             f"batch32/batch1 throughput: decode {rates[32][1] / rates[1][1]:.1f}x, "

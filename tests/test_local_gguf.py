@@ -33,13 +33,13 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 def reference_logits(tensors: dict[str, np.ndarray], meta: dict, ids: list[int]) -> np.ndarray:
     """Next-token logits after ``ids``, float64, llama.cpp conventions."""
-    t = {k: v.astype(np.float64) for k, v in tensors.items()}
+    t = tensors
     n_layers = int(meta["llama.block_count"])
     n_head = int(meta["llama.attention.head_count"])
     n_kv = int(meta["llama.attention.head_count_kv"])
     eps = float(meta["llama.attention.layer_norm_rms_epsilon"])
     theta = float(meta["llama.rope.freq_base"])
-    x = t["token_embd.weight"][ids]
+    x = t["token_embd.weight"][ids].astype(np.float64)
     n, dim = x.shape
     hd = dim // n_head
     angles = np.arange(n)[:, None] * theta ** (-np.arange(0, hd, 2) / hd)[None, :]  # [n, hd/2]
@@ -54,7 +54,7 @@ def reference_logits(tensors: dict[str, np.ndarray], meta: dict, ids: list[int])
 
     causal = np.tril(np.ones((n, n), bool))
     for i in range(n_layers):
-        w = lambda name: t[f"blk.{i}.{name}.weight"]  # noqa: E731
+        w = lambda name: t[f"blk.{i}.{name}.weight"].astype(np.float64)  # noqa: E731
         h = _rms(x, w("attn_norm"), eps)
         q = rope_pairs((h @ w("attn_q").T).reshape(n, n_head, hd))
         k = rope_pairs((h @ w("attn_k").T).reshape(n, n_kv, hd))
@@ -70,8 +70,8 @@ def reference_logits(tensors: dict[str, np.ndarray], meta: dict, ids: list[int])
         h = _rms(x, w("ffn_norm"), eps)
         gate = h @ w("ffn_gate").T
         x = x + ((gate / (1 + np.exp(-gate))) * (h @ w("ffn_up").T)) @ w("ffn_down").T
-    out = t.get("output.weight", t["token_embd.weight"])
-    return out @ _rms(x[-1], t["output_norm.weight"], eps)
+    out = t.get("output.weight", t["token_embd.weight"]).astype(np.float64)
+    return out @ _rms(x[-1], t["output_norm.weight"].astype(np.float64), eps)
 
 
 # ---------------------------------------------------------------- a tiny Llama GGUF, written here
@@ -152,11 +152,15 @@ def smollm() -> LocalModel:
     return load_model()
 
 
+@pytest.fixture(scope="module")
+def smollm_gguf(smollm):
+    return read_gguf(smollm.path)
+
+
 # ---------------------------------------------------------------- parity
 
 
-def _parity(model: LocalModel, prompts: list[list[int]]) -> float:
-    contents = read_gguf(model.path)
+def _parity(model: LocalModel, contents, prompts: list[list[int]]) -> float:
     ours = model.next_token_logits(prompts)  # one padded batch
     worst = 0.0
     for row, ids in zip(ours, prompts):
@@ -167,21 +171,21 @@ def _parity(model: LocalModel, prompts: list[list[int]]) -> float:
 
 
 @pytest.mark.slow
-def test_smollm2_next_token_logits_match_numpy_reference(smollm):
+def test_smollm2_next_token_logits_match_numpy_reference(smollm, smollm_gguf):
     prompts = [
         smollm.encode("What is the capital of France?"),
         smollm.encode("Hi"),
         smollm.encode("The quick brown fox", chat=False),
     ]
     assert len({len(p) for p in prompts}) == 3  # different lengths: padding and masks matter
-    worst = _parity(smollm, prompts)
+    worst = _parity(smollm, smollm_gguf, prompts)
     assert worst < LOGIT_ATOL, worst
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_continuation_matches_reference(smollm):
+def test_smollm2_greedy_continuation_matches_reference(smollm, smollm_gguf):
     """The cached decode path: each greedy token equals the reference's argmax."""
-    contents = read_gguf(smollm.path)
+    contents = smollm_gguf
     ids = smollm.encode("The capital of France is", chat=False)
     [gen] = smollm.generate_tokens([ids], GenerationConfig(max_new_tokens=4, ignore_eos=True))
     context = list(ids)
@@ -193,7 +197,7 @@ def test_smollm2_greedy_continuation_matches_reference(smollm):
 def test_tiny_llama_logits_match_reference(tiny_path):
     model = LocalModel(tiny_path)
     assert model.params.output is not None  # untied output projection
-    worst = _parity(model, [[1, 40, 41, 42, 43, 44], [5, 6], list(range(3, 40))])
+    worst = _parity(model, read_gguf(tiny_path), [[1, 40, 41, 42, 43, 44], [5, 6], list(range(3, 40))])
     assert worst < LOGIT_ATOL, worst
 
 

@@ -7,7 +7,7 @@ themselves are native async on the I/O loop and share its one budget.
 Attribution: an item's cost is the sum over the calls its operator made. Operators built
 here from compact notation get a :class:`TrackedService` — the real service, plus a
 context-local tracker that the item's thread (and any branch thread, which copies the
-context) adds each finished call to. An operator built elsewhere calls whatever service
+context) adds each call's future to. An operator built elsewhere calls whatever service
 it was given, so its items' cost is reported as unknown rather than guessed.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -49,29 +50,42 @@ def parse_notation(text: str) -> Any:
 
 
 def is_operator(value: Any) -> bool:
-    from ember.operators import Operator
-
-    return isinstance(value, Operator)
+    """Whether ``value`` is an Ember operator (without importing the operators, and so JAX, to find out)."""
+    operators = sys.modules.get("ember.operators")
+    return operators is not None and isinstance(value, operators.Operator)
 
 
 class _Tracker:
-    """Usage of one item's calls; callbacks arrive on the I/O loop's thread."""
+    """The futures of one item's calls, summed once the operator has returned.
+
+    Not a done-callback: a thread waiting on a future can wake before the future's
+    callbacks have run, so a callback-fed sum could miss the last call.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.usage, self.calls, self.attempts = UsageStats(), 0, 0
+        self._futures: list[Any] = []
 
     def add(self, future: Any) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
         with self._lock:
-            self.calls += 1
+            self._futures.append(future)
+
+    def totals(self) -> tuple[UsageStats, int, int]:
+        """Usage, calls and attempts over the calls that finished (cancelled ones were never made)."""
+        usage, calls, attempts = UsageStats(), 0, 0
+        with self._lock:
+            futures = list(self._futures)
+        for future in futures:
+            if not future.done() or future.cancelled():
+                continue
+            calls += 1
+            error = future.exception()
             if error is None:
                 response: ModelResponse = future.result()
-                self.usage, self.attempts = self.usage + response.usage, self.attempts + max(response.attempts, 1)
+                usage, attempts = usage + response.usage, attempts + max(response.attempts, 1)
             else:
-                self.attempts += getattr(error, "attempts", 1)
+                attempts += getattr(error, "attempts", 1)
+        return usage, calls, attempts
 
 
 class TrackedService:
@@ -84,7 +98,7 @@ class TrackedService:
         future = self._service.submit(model_id, prompt, **params)
         tracker = _tracker.get()
         if tracker is not None:
-            future.add_done_callback(tracker.add)
+            tracker.add(future)
         return future
 
     def invoke_model(self, model_id: str, prompt: Any, **params: Any) -> ModelResponse:
@@ -105,7 +119,8 @@ def _model_services(node: Any, seen: set[int]) -> Iterator[Any]:
         for child in node:
             yield from _model_services(child, seen)
         return
-    if not (is_operator(node) or type(node).__name__ == "LMModule"):
+    operators = sys.modules["ember.operators"]
+    if not isinstance(node, (operators.Operator, operators.LMModule)):
         return
     if hasattr(node, "model_name") and hasattr(node, "model_service"):
         yield node.model_service
@@ -160,15 +175,18 @@ class OperatorSystem:
         try:
             text = _answer(self.operator(inputs={"query": prompt}))
         except InvalidOutputError as error:  # a model's output was unusable: this item failed
-            raise SystemFailure(str(error), attempts=tracker.attempts, calls=tracker.calls, usage=self._usage(tracker)) from error
+            usage, calls, attempts = self._totals(tracker)
+            raise SystemFailure(str(error), attempts=attempts, calls=calls, usage=usage) from error
         finally:
             _tracker.reset(token)
-        return SystemOutput(text, self._usage(tracker), tracker.calls, tracker.attempts)
+        usage, calls, attempts = self._totals(tracker)
+        return SystemOutput(text, usage, calls, attempts)
 
-    def _usage(self, tracker: _Tracker) -> UsageStats:
-        if self.tracked:
-            return tracker.usage
-        return UsageStats(tracker.usage.input_tokens, tracker.usage.output_tokens, None)
+    def _totals(self, tracker: _Tracker) -> tuple[UsageStats, int, int]:
+        usage, calls, attempts = tracker.totals()
+        if not self.tracked:  # some calls went to a service we cannot see: the cost is unknown
+            usage = UsageStats(usage.input_tokens, usage.output_tokens, None)
+        return usage, calls, attempts
 
     async def arun(self, prompt: str) -> SystemOutput:
         import asyncio
