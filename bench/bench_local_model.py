@@ -95,8 +95,8 @@ def main() -> None:
         model.generate_tokens(prompts, prefill_only)
         model.generate_tokens(prompts, full)
         compile_s = time.perf_counter() - start
-        prefill_s = _best_time(lambda: model.generate_tokens(prompts, prefill_only), args.repeats)
-        total_s = _best_time(lambda: model.generate_tokens(prompts, full), args.repeats)
+        prefill_s = _best_time(lambda p=prompts: model.generate_tokens(p, prefill_only), args.repeats)
+        total_s = _best_time(lambda p=prompts: model.generate_tokens(p, full), args.repeats)
         step_s = max(total_s - prefill_s, 1e-9) / (n_new - 1)
         decode_rate, e2e_rate = batch / step_s, batch * n_new / total_s
         rates[batch] = (step_s, decode_rate, e2e_rate)

@@ -124,10 +124,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.fresh:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
-    resuming = journal_path.exists()
     journal = Journal(journal_path)
-    if resuming:
-        console.print(f"[bold]resuming[/bold] from {journal_path}: finished items are not called again")
+    finished = sum(len(journal.finished(label)) for label in systems)
+    if finished:
+        console.print(f"[bold]resuming[/bold] from {journal_path}: {finished} finished item(s) will not be called again")
     from ember.eval import as_system
 
     wrapped = {label: as_system(spec, name=label, **params) for label, spec in systems.items()}
@@ -201,9 +201,9 @@ def _datasets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ember`` console script."""
+    args = build_parser().parse_args(argv)
     from ember.models import EmberError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except EmberError as error:

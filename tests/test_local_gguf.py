@@ -54,7 +54,7 @@ def reference_logits(tensors: dict[str, np.ndarray], meta: dict, ids: list[int])
 
     causal = np.tril(np.ones((n, n), bool))
     for i in range(n_layers):
-        w = lambda name: t[f"blk.{i}.{name}.weight"].astype(np.float64)  # noqa: E731
+        w = lambda name, i=i: t[f"blk.{i}.{name}.weight"].astype(np.float64)
         h = _rms(x, w("attn_norm"), eps)
         q = rope_pairs((h @ w("attn_q").T).reshape(n, n_head, hd))
         k = rope_pairs((h @ w("attn_k").T).reshape(n, n_kv, hd))

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
 
-from ember.local import GenerationConfig, load_model
-from ember.local import _generate
+from ember.local import GenerationConfig, _generate, load_model
 from ember.local._sampling import SamplingParams, _filter
 
 SHORT = GenerationConfig(max_new_tokens=8)
@@ -104,6 +103,20 @@ def test_decoding_stops_when_every_row_is_done(model):
     assert model.stats.decode_steps - steps < answer.completion_tokens + model.decode_chunk
 
 
+@pytest.mark.slow
+def test_finished_rows_are_dropped_to_a_smaller_batch(model):
+    prompts = ["Hi", "Bye", "What?", "Yo"]
+    assert _generate.prompt_bucket(max(len(model.encode(p)) for p in prompts)) == 32
+    long = GenerationConfig(max_new_tokens=84, ignore_eos=True)  # >= 64 steps left after the first chunk
+    short = GenerationConfig(max_new_tokens=2)
+    compactions = model.stats.compactions
+    out = model.generate(prompts, [long, short, short, short])
+    assert model.stats.compactions == compactions + 1
+    assert [g.completion_tokens for g in out] == [84, 2, 2, 2]
+    [alone] = model.generate(prompts[:1], long)
+    assert alone.token_ids == out[0].token_ids
+
+
 def test_deadline_stops_a_row(model):
     [answer] = model.generate(["Write a long essay."], GenerationConfig(max_new_tokens=200), deadlines=[time.monotonic()])
     assert answer.finish_reason == "timeout" and answer.completion_tokens < 200
@@ -138,7 +151,7 @@ def test_sharded_generation_gives_the_same_tokens(model):
 
     # The KV cache and the per-row state really are split over the batch axis.
     tokens = np.zeros((8, 16), np.int32)
-    put = lambda x: jax.device_put(x, _generate._batch_spec(mesh, "batch", x.ndim))  # noqa: E731
+    put = lambda x: jax.device_put(x, _generate._batch_spec(mesh, "batch", x.ndim))
     sampling = SamplingParams(
         *(put(x) for x in (np.zeros(8, np.float32), np.zeros(8, np.int32), np.ones(8, np.float32),
                            np.zeros((8, 2), np.uint32), np.ones(8, np.int32), np.ones(8, bool)))

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from ember.local import GenerationConfig, MicroBatcher, load_model
-from ember.local import _paths
-from ember.models._errors import ModelNotFoundError, ProviderTimeoutError
+from ember.local import GenerationConfig, MicroBatcher, _paths, load_model
+from ember.models._errors import ModelNotFoundError, ProviderError, ProviderTimeoutError
 from ember.models._types import ChatRequest, normalize_messages
 from ember.models.providers._base import ProviderSettings, provider_class
 from ember.models.providers.local import LocalProvider
@@ -109,6 +108,11 @@ def test_timeout_is_a_typed_error(provider):
     slow = request("Write a very long essay about the history of Europe.", temperature=0.0, max_tokens=200, timeout=0.05)
     with pytest.raises(ProviderTimeoutError):
         asyncio.run(provider.acomplete(slow))
+
+
+def test_bad_sampling_settings_are_a_provider_error(provider):
+    with pytest.raises(ProviderError, match="top_p"):
+        asyncio.run(provider.acomplete(request(top_p=0.0)))
 
 
 def test_describe_model_reads_the_context_window(provider):

@@ -70,8 +70,9 @@ class ProgressDisplay:
             self._refresh_status(force=True)
             self._progress.stop()
 
-    def skip(self, n: int) -> None:
-        """Count items finished by an earlier run (resumed from the journal)."""
+    def skip(self, n: int, *, spent_usd: float = 0.0, unpriced: int = 0) -> None:
+        """Count items (and spend) finished by an earlier run, resumed from the journal."""
+        self._spent, self._unpriced = self._spent + spent_usd, self._unpriced + unpriced
         if self.enabled and n:
             self._progress.reset(self._task, completed=n)  # reset: keep them out of the rate
 

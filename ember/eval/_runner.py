@@ -139,8 +139,9 @@ class Run:
         self.journal.begin(self.describe())
         done = {name: self.journal.finished(name) for name in self.systems}
         self.stopped = None
+        spent, unpriced = self.journal.spent()
         if self.budget is not None:
-            self.budget.begin(self.journal.spent()[0])
+            self.budget.begin(spent)
         units = self._units(done)
         total = len(self.dataset) * len(self.systems)
         display = ProgressDisplay(total, stats=self.stats, budget=self.budget, enabled=self.progress_enabled)
@@ -164,7 +165,7 @@ class Run:
                 display.advance(record)
 
         with display:
-            display.skip(sum(len(ids) for ids in done.values()))
+            display.skip(sum(len(ids) for ids in done.values()), spent_usd=spent, unpriced=unpriced)
             try:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(self.concurrency):

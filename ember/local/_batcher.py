@@ -118,7 +118,7 @@ class MicroBatcher:
         self.batches += 1
         try:
             results = model.generate_tokens(ids, [p.config for p in ready], deadlines=[p.deadline for p in ready])
-        except BaseException as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
             for p in ready:
                 p.future.set_exception(exc)
             return

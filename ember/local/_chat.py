@@ -44,7 +44,7 @@ class ChatFormat:
 
 def _template_default_system(template: str, header: str, end: str) -> str | None:
     """The literal system message a template writes when the caller gives none, if any."""
-    match = re.search(re.escape(header) + r"(?:\n|\\n)(.*?)" + re.escape(end), template, flags=re.S)
+    match = re.search(re.escape(header) + r"(?:\n|\\n)(.*?)" + re.escape(end), template, flags=re.DOTALL)
     if match is None or any(c in match.group(1) for c in "'\"{}+"):  # an expression, not a literal
         return None
     return match.group(1)

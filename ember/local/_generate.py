@@ -1,18 +1,22 @@
 """Batched generation: padding, shape buckets, a chunked decode loop, stop handling, sharding.
 
 The shape of one generation is the batch ``B`` (rows), the prompt length ``T`` (prompts
-left-padded to the longest) and the cache length ``S``. All three are rounded up to powers
-of two, so a stream of requests of varying lengths reuses a handful of compiled programs
-instead of compiling per request (a decode program compiles in a few seconds on the 2-core
-dev machine, more than a short answer takes to generate).
+left-padded to the longest) and the cache length ``S``. Each is rounded up to a bucket
+(powers of two; ``T`` also at 1.5x steps), so a stream of requests of varying lengths
+reuses a handful of compiled programs instead of compiling per request: a decode program
+takes several seconds to compile on the 2-core dev machine, longer than a short answer
+takes to generate.
 
 Identical prompts (an ensemble sampling one prompt N times) are prefilled once and their
 KV cache rows are copied, so N samples cost one prompt's prefill plus one batched decode.
 
-Decoding runs in jitted chunks of ``chunk`` steps (a ``lax.while_loop`` that also exits as
-soon as every row is done): between chunks the host looks for stop strings and deadlines,
-and marks rows done; when all rows are done the loop ends, so a batch costs what its
-longest live row needs, not ``max_new_tokens``.
+Decoding runs in jitted chunks of ``chunk`` steps, a ``lax.while_loop`` that exits as soon
+as every row is done. Between chunks the host looks for stop strings and deadlines and
+marks rows done. Finished rows stop costing compute in three ways: the loop ends when all
+rows are done; attention reads only the cache slots filled so far (``window``, a bucket of
+its own); and when the live rows fit a batch bucket half the size or less, and may still
+run long enough to repay a compile (``COMPACT_MIN_STEPS``), they are gathered into that
+smaller batch.
 
 Sharding: with a ``Mesh``, parameters are replicated and every batch-leading array (tokens,
 sampling settings, KV cache) is split over the mesh's batch axis; XLA partitions the same
@@ -36,10 +40,13 @@ from ember.local._llama import KVCache, LlamaConfig, LlamaParams, forward, init_
 from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams, sample, seed_words
 from ember.local._tokenizer import GGUFTokenizer
 
-__all__ = ["GenerationConfig", "Generation", "GenerationStats", "generate_tokens", "bucket", "prompt_bucket"]
+__all__ = ["Generation", "GenerationConfig", "GenerationStats", "bucket", "generate_tokens", "prompt_bucket"]
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 64
+# Shrink the batch to a smaller bucket only when a live row may still need this many
+# steps: the smaller shape is a new decode program (seconds to compile on the dev machine).
+COMPACT_MIN_STEPS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +104,7 @@ class GenerationStats:
     prefill_calls: int = 0  # batched prompt forwards
     decode_chunks: int = 0  # jitted decode-loop calls
     decode_steps: int = 0  # batched one-token forwards
+    compactions: int = 0  # times finished rows were dropped to a smaller batch
     generated_tokens: int = 0
 
     @property
@@ -283,8 +291,7 @@ def generate_tokens(
     devices = 1 if mesh is None else mesh.shape[axis]
     unique: dict[tuple[int, ...], int] = {}
     row_map = [unique.setdefault(tuple(ids), len(unique)) for ids in prompt_ids]
-    n_unique = len(unique)
-    u_size = bucket(n_unique, multiple=devices)
+    u_size = bucket(len(unique), multiple=devices)
     b_size = bucket(n, multiple=devices)
     t_size = prompt_bucket(max(len(ids) for ids in unique))
     s_size = bucket(t_size + max(r.max_new for r in rows), MIN_CACHE_BUCKET)
@@ -294,52 +301,43 @@ def generate_tokens(
     for ids, u in unique.items():
         tokens[u, t_size - len(ids) :] = ids
         start[u] = t_size - len(ids)
-    row_map_arr = np.zeros((b_size,), np.int32)
-    row_map_arr[:n] = row_map
     pad = b_size - n  # padding rows stop after their first token
-    sampling = SamplingParams(
-        temperature=np.asarray([r.config.temperature for r in rows] + [0.0] * pad, np.float32),
-        top_k=np.asarray([r.config.top_k for r in rows] + [0] * pad, np.int32),
-        top_p=np.asarray([r.config.top_p for r in rows] + [1.0] * pad, np.float32),
-        seed=np.asarray([seed_words(r.config.seed) for r in rows] + [(0, 0)] * pad, np.uint32).reshape(b_size, 2),
-        max_new=np.asarray([r.max_new for r in rows] + [1] * pad, np.int32),
-        use_eos=np.asarray([not r.config.ignore_eos for r in rows] + [True] * pad, bool),
-    )
-    if mesh is not None:
-        put = lambda x: jax.device_put(x, _batch_spec(mesh, axis, x.ndim))  # noqa: E731
-        tokens, start, row_map_arr = put(tokens), put(start), put(row_map_arr)
-        sampling = SamplingParams(*(put(x) for x in sampling))
+    row_map_arr = np.asarray(row_map + [0] * pad, np.int32)
+    put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, _batch_spec(mesh, axis, x.ndim)))
+    sampling = SamplingParams(*(put(x) for x in _sampling_arrays(rows, pad)))
     end = np.asarray(sorted(end_ids) or [-1], np.int32)
-    if any(r.config.filters for r in rows):
-        mode = FILTER
-    elif any(r.config.temperature > 0 for r in rows):
-        mode = SAMPLE
-    else:
-        mode = GREEDY
-    static = dict(config=config, mode=mode, mesh=mesh, axis=axis)
+    static = {"config": config, "mode": _mode(rows), "mesh": mesh, "axis": axis}
 
     stats.generate_calls += 1
     stats.rows += n
     stats.prefill_calls += 1
-    state, first = _prefill(params, tokens, start, row_map_arr, sampling, end, cache_len=s_size, **static)
-    new_tokens = np.asarray(first)[:n, None]
+    state, first = _prefill(
+        params, put(tokens), put(start), put(row_map_arr), sampling, end, cache_len=s_size, **static
+    )
+    placed: list[_Row | None] = [*rows, *[None] * pad]  # the row behind each batch position
+    new_tokens = np.asarray(first)[:, None]
     slot = t_size  # cache slot of the next fed token
     while True:
-        done = np.asarray(state.done)
-        _absorb(rows, new_tokens, done, tokenizer, end_ids)
+        _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
         now = time.monotonic()
         for r in rows:
             if r.finish is None and r.deadline is not None and now >= r.deadline:
                 r.finish = "timeout"
-        host_done = np.asarray([r.finish is not None for r in rows] + [True] * pad)
-        if host_done.all():
+        live = [i for i, r in enumerate(placed) if r is not None and r.finish is None]
+        if not live:
             break
-        if (host_done != done).any():
-            placed = host_done if mesh is None else jax.device_put(host_done, state.done.sharding)
-            state = state._replace(done=placed)
+        smaller = bucket(len(live), multiple=devices)
+        if smaller < len(placed) and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS:
+            keep = np.asarray(live + [live[0]] * (smaller - len(live)), np.int32)
+            state, sampling = _compact(state, sampling, keep, np.arange(smaller) < len(live), mesh=mesh, axis=axis)
+            placed = [placed[i] for i in live] + [None] * (smaller - len(live))
+            stats.compactions += 1
+        host_done = np.asarray([r is None or r.finish is not None for r in placed])
+        if (host_done != np.asarray(state.done)).any():
+            state = state._replace(done=host_done if mesh is None else jax.device_put(host_done, state.done.sharding))
         window = min(bucket(slot + chunk, MIN_CACHE_BUCKET), s_size)
         state, out, steps = _decode(params, state, sampling, end, chunk=chunk, window=window, **static)
-        new_tokens, steps = np.asarray(out)[:n], int(steps)
+        new_tokens, steps = np.asarray(out), int(steps)
         slot += steps
         stats.decode_chunks += 1
         stats.decode_steps += steps
@@ -348,13 +346,46 @@ def generate_tokens(
     return results
 
 
+def _sampling_arrays(rows: list[_Row], pad: int) -> SamplingParams:
+    """Host arrays of the rows' sampling settings, plus ``pad`` greedy one-token rows."""
+    return SamplingParams(
+        temperature=np.asarray([r.config.temperature for r in rows] + [0.0] * pad, np.float32),
+        top_k=np.asarray([r.config.top_k for r in rows] + [0] * pad, np.int32),
+        top_p=np.asarray([r.config.top_p for r in rows] + [1.0] * pad, np.float32),
+        seed=np.asarray([seed_words(r.config.seed) for r in rows] + [(0, 0)] * pad, np.uint32).reshape(-1, 2),
+        max_new=np.asarray([r.max_new for r in rows] + [1] * pad, np.int32),
+        use_eos=np.asarray([not r.config.ignore_eos for r in rows] + [True] * pad, bool),
+    )
+
+
+def _mode(rows: list[_Row]) -> str:
+    """The cheapest sampling program that serves every row."""
+    if any(r.config.filters for r in rows):
+        return FILTER
+    return SAMPLE if any(r.config.temperature > 0 for r in rows) else GREEDY
+
+
+@partial(jax.jit, static_argnames=("mesh", "axis"))
+def _compact(
+    state: DecodeState, sampling: SamplingParams, keep: jax.Array, live: jax.Array, *, mesh: Mesh | None, axis: str
+) -> tuple[DecodeState, SamplingParams]:
+    """Keep batch rows ``keep`` (a smaller batch); positions where ``live`` is false are
+    padding and count as done."""
+    cache = KVCache(state.cache.k[:, keep], state.cache.v[:, keep])
+    state = DecodeState(
+        cache, state.token[keep], state.start[keep], state.slot, state.generated[keep], state.done[keep] | ~live
+    )
+    sampling = SamplingParams(*(_constrain(x[keep], mesh, axis) for x in sampling))
+    return _constrain_state(state, mesh, axis), sampling
+
+
 def _absorb(
-    rows: list[_Row], new_tokens: np.ndarray, done: np.ndarray, tokenizer: GGUFTokenizer, end_ids: Sequence[int]
+    placed: list[_Row | None], new_tokens: np.ndarray, done: np.ndarray, tokenizer: GGUFTokenizer, end_ids: Sequence[int]
 ) -> None:
-    """Append a chunk's tokens to the live rows; settle rows that the device or a stop
-    string finished."""
-    for b, r in enumerate(rows):
-        if r.finish is not None:
+    """Append a chunk's tokens (``[batch, steps]``) to the live rows; settle rows that the
+    device or a stop string finished."""
+    for b, r in enumerate(placed):
+        if r is None or r.finish is not None:
             continue
         r.tokens.extend(int(t) for t in new_tokens[b] if t >= 0)
         if r.config.stop:

@@ -26,7 +26,7 @@ __all__ = ["GGUFContents", "read_gguf"]
 class _FastReader(gguf.GGUFReader):
     """``GGUFReader`` whose field parsing slices a plain ndarray view of the mapped file."""
 
-    def _get(self, offset, dtype, count=1, override_order=None):  # noqa: ANN001, ANN202 (gguf's signature)
+    def _get(self, offset, dtype, count=1, override_order=None):
         plain = self.__dict__.get("_plain")
         if plain is None:
             plain = self._plain = self.data.view(np.ndarray)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ember.models._errors import ProviderError
 
-__all__ = ["LlamaConfig", "LlamaParams", "LayerParams", "KVCache", "params_from_gguf", "forward", "unembed", "init_cache"]
+__all__ = ["KVCache", "LayerParams", "LlamaConfig", "LlamaParams", "forward", "init_cache", "params_from_gguf", "unembed"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import partial
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from ember.local._paths import resolve_model_path
 from ember.local._tokenizer import GGUFTokenizer
 from ember.models._types import Message, normalize_messages
 
-__all__ = ["LocalModel", "load_model", "default_dtype", "Prompt"]
+__all__ = ["LocalModel", "Prompt", "default_dtype", "load_model"]
 
 #: A prompt: plain text (a user turn when ``chat=True``) or a list of chat messages.
 Prompt = str | Sequence[Message | Mapping[str, str]]
@@ -64,7 +64,6 @@ class LocalModel:
         self.chat_format: ChatFormat = chat_format_from_template(meta.get("tokenizer.chat_template"), model_id=self.model_id)
         self.dtype = jnp.dtype(dtype if dtype is not None else default_dtype())
         self.params: LlamaParams = params_from_gguf(contents.tensors, self.config, self.dtype)
-        del contents
         self.param_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
         turn_end = self.tokenizer.token_id(self.chat_format.turn_end.strip())
         self.end_ids = frozenset(self.tokenizer.end_ids | ({turn_end} if turn_end is not None else set()))

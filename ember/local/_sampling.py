@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SamplingParams", "sample", "seed_words", "GREEDY", "SAMPLE", "FILTER"]
+__all__ = ["FILTER", "GREEDY", "SAMPLE", "SamplingParams", "sample", "seed_words"]
 
 #: Static sampling modes: every row greedy; some row samples; some row also filters.
 GREEDY, SAMPLE, FILTER = "greedy", "sample", "filter"
@@ -84,12 +84,12 @@ def _filter(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
     n_cand = min(_CANDIDATES, vocab)
     keys = _order_key(logits)
     cand = jax.lax.top_k(logits, n_cand)[0]  # [B, n_cand], descending
-    at = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]  # noqa: E731
+    at = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=-1)[:, 0]
 
     # top-k: the k-th largest logit's key.
     k = jnp.clip(top_k, 1, vocab)
     fast_k = _order_key(at(cand, jnp.minimum(k, n_cand) - 1))
-    slow_k = lambda: _bisect(lambda t: jnp.sum(keys >= t[:, None], -1) >= k, rows)  # noqa: E731
+    slow_k = lambda: _bisect(lambda t: jnp.sum(keys >= t[:, None], -1) >= k, rows)
     kth = jax.lax.cond(jnp.any(top_k > n_cand), lambda: jnp.where(top_k > n_cand, slow_k(), fast_k), lambda: fast_k)
     kth = jnp.where(top_k > 0, kth, _KEY_MIN)
     logits = jnp.where(keys >= kth[:, None], logits, -jnp.inf)
@@ -105,7 +105,7 @@ def _filter(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
 
     def slow_p() -> jax.Array:
         pkeys = _order_key(probs)
-        mass_at_least = lambda t: jnp.sum(jnp.where(pkeys >= t[:, None], probs, 0.0), -1) >= top_p  # noqa: E731
+        mass_at_least = lambda t: jnp.sum(jnp.where(pkeys >= t[:, None], probs, 0.0), -1) >= top_p
         pth = _bisect(mass_at_least, rows)
         return jnp.min(jnp.where(pkeys >= pth[:, None], keys, _KEY_MAX), -1)
 
@@ -125,7 +125,7 @@ def _draw(logits: jax.Array, uniform: jax.Array) -> jax.Array:
     target = uniform * cum[:, -1]
     last_block = jnp.max(jnp.where(block_mass > 0, jnp.arange(block_mass.shape[1]), 0), -1)
     blk = jnp.minimum(jnp.sum(cum <= target[:, None], -1), last_block)
-    take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]  # noqa: E731
+    take = lambda a, i: jnp.take_along_axis(a, i[:, None], axis=1)[:, 0]
     within = target - (take(cum, blk) - take(block_mass, blk))
     inner = jnp.take_along_axis(blocks, blk[:, None, None], axis=1)[:, 0]  # [B, BLOCK]
     last_in = jnp.max(jnp.where(inner > 0, jnp.arange(_BLOCK), 0), -1)

@@ -25,7 +25,7 @@ from pathlib import Path
 from ember.local import GenerationConfig, LocalModel, load_model, resolve_model_path, shared_batcher
 from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig
-from ember.models._errors import ProviderTimeoutError
+from ember.models._errors import ProviderError, ProviderTimeoutError
 from ember.models._types import ChatRequest, ProviderResult
 from ember.models.providers._base import Provider, ProviderSettings, register_provider
 
@@ -79,8 +79,11 @@ class LocalProvider(Provider):
         # The first call loads the weights (seconds): on a worker thread, never on the loop.
         model = await asyncio.to_thread(load_model, path)
         batcher = shared_batcher(model, window_s=self._window_s, max_batch=self._max_batch)
-        deadline = time.monotonic() + request.timeout
-        future = batcher.submit(request.messages, self._config(request, model), deadline=deadline)
+        try:
+            config = self._config(request, model)
+        except ValueError as exc:  # out-of-range sampling settings: the caller's to fix
+            raise ProviderError(str(exc), model_id=model_id) from exc
+        future = batcher.submit(request.messages, config, deadline=time.monotonic() + request.timeout)
         try:
             # A little past the deadline: the row itself stops at the deadline, at the next
             # decode chunk, and comes back with finish_reason "timeout".
