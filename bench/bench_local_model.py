@@ -5,13 +5,14 @@
     python bench/bench_local_model.py --bandwidth-gbs 3350   # compare decode steps to a memory-bandwidth bound
 
 Every row generates exactly ``--new-tokens`` tokens (``ignore_eos``) from its own prompt
-(no shared-prefix shortcut), greedily. Each batch size is run once to compile, then timed
-``--repeats`` times (best kept). Prefill is timed with ``max_new_tokens=1``; decode time is
-the rest, so "decode tok/s" is the steady batched decode rate and "e2e tok/s" includes the
-prefill. Runs on whatever device JAX picks, so the same script measures a GPU; there, or
-with ``--bandwidth-gbs``, it also prints the decode step time against the memory-bandwidth
-bound: every step reads every weight once (bytes = parameter bytes), so
-``bound = parameter bytes / bandwidth``.
+(no shared-prefix shortcut), greedily. Each batch size is run once to compile ("1st run s",
+compiles included), then timed ``--repeats`` times (best kept). Prefill is timed with
+``max_new_tokens=1``; decode time is the rest, so "decode tok/s" is the steady batched
+decode rate and "e2e tok/s" includes the prefill. Then an ensemble, 8 samples of one
+prompt, runs one by one and micro-batched. Runs on whatever device JAX picks, so the same
+script measures a GPU; there, or with ``--bandwidth-gbs``, it also prints the decode step
+time against the memory-bandwidth bound: every step reads every weight once (bytes =
+parameter bytes), so ``bound = parameter bytes / bandwidth``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def main() -> None:
     prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
     full = GenerationConfig(max_new_tokens=n_new, ignore_eos=True)
     rates: dict[int, tuple[float, float, float]] = {}
-    print(f"\n{'batch':>5} {'compile s':>9} {'prefill s':>9} {'decode ms/step':>14} {'decode tok/s':>12} {'e2e tok/s':>9}")
+    print(f"\n{'batch':>5} {'1st run s':>9} {'prefill s':>9} {'decode ms/step':>14} {'decode tok/s':>12} {'e2e tok/s':>9}")
     for batch in [int(b) for b in args.batches.split(",")]:
         prompts = [model.encode(p) for p in _prompts(batch)]
         start = time.perf_counter()
@@ -101,6 +102,18 @@ def main() -> None:
         decode_rate, e2e_rate = batch / step_s, batch * n_new / total_s
         rates[batch] = (step_s, decode_rate, e2e_rate)
         print(f"{batch:>5} {compile_s:>9.1f} {prefill_s:>9.2f} {step_s * 1e3:>14.1f} {decode_rate:>12.1f} {e2e_rate:>9.1f}")
+
+    # An ensemble: 8 samples of one prompt, one by one vs micro-batched into one generation.
+    samples = [GenerationConfig(max_new_tokens=32, temperature=0.7, seed=i, ignore_eos=True) for i in range(8)]
+    prompt = model.encode(_prompts(1)[0])
+    model.generate_tokens([prompt], samples[:1])
+    model.generate_tokens([prompt] * 8, samples)
+    one_by_one = _best_time(lambda: [model.generate_tokens([prompt], [c]) for c in samples], 1)
+    batched = _best_time(lambda: model.generate_tokens([prompt] * 8, samples), args.repeats)
+    print(
+        f"\nensemble of 8 samples x 32 tokens: one by one {one_by_one:.2f} s, batched {batched:.2f} s "
+        f"({one_by_one / batched:.1f}x)"
+    )
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"\npeak RSS: {peak_rss_mb:.0f} MB   load average after: {os.getloadavg()[0]:.2f}")

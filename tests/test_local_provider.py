@@ -101,7 +101,7 @@ def test_generation_does_not_block_the_event_loop(provider):
         return ticks, elapsed
 
     ticks, elapsed = asyncio.run(main())
-    assert ticks >= 0.5 * elapsed / 0.01
+    assert ticks >= 0.2 * elapsed / 0.01  # a blocked loop would tick ~0 times
 
 
 def test_timeout_is_a_typed_error(provider):

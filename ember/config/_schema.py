@@ -140,6 +140,8 @@ class DataConfig(_Model):
     """Where datasets are stored."""
 
     data_dir: _UserPath = Field(default_factory=lambda: Path.home() / ".ember" / "data")
+    #: Where benchmark files are prepared (array_record); None means ``<data_dir>/.prepared``.
+    cache_dir: _UserPath | None = None
 
 
 # --- the whole configuration ----------------------------------------------------------

@@ -4,7 +4,7 @@
                                sampler=RandomSampler(n=100))
 
 Benchmark files are read from ``source_dir`` (default ``<data.data_dir>/<dataset>``) and
-prepared once into ``cache_dir`` (default ``<data.data_dir>/.prepared``); nothing is
+prepared once into ``cache_dir`` (default ``data.cache_dir``, else ``<data.data_dir>/.prepared``); nothing is
 ever downloaded.
 """
 
@@ -39,15 +39,14 @@ class DataService:
 
     @property
     def data_dir(self) -> Path:
-        if self._data_dir is not None:
-            return self._data_dir
-        from ember.config import get_config_manager
-
-        return Path(get_config_manager().get_config("data").data_dir)
+        return self._data_dir or Path(_data_config().data_dir)
 
     @property
     def cache_dir(self) -> Path:
-        return self._cache_dir or self.data_dir / ".prepared"
+        if self._cache_dir is not None:
+            return self._cache_dir
+        configured = _data_config().cache_dir
+        return Path(configured) if configured is not None else self.data_dir / ".prepared"
 
     def info(self, dataset_name: str) -> DatasetSpec:
         return self.registry.get(dataset_name)
@@ -85,3 +84,9 @@ class DataService:
             validators=default_validators() if validators is None else validators,
             on_invalid=on_invalid,
         )
+
+
+def _data_config():
+    from ember.config import get_config_manager
+
+    return get_config_manager().get_config("data")

@@ -76,7 +76,7 @@ class LocalModel:
         #: Decode steps per jitted chunk: how often the host checks stop strings and deadlines.
         self.decode_chunk = 16
         self._lock = threading.Lock()
-        self._placed: dict[tuple[Mesh, str], LlamaParams] = {}
+        self._placed: dict[Mesh, LlamaParams] = {}  # replicated copies, one per mesh used
 
     def __repr__(self) -> str:
         return f"LocalModel({str(self.path)!r}, dtype={self.dtype.name})"
@@ -84,15 +84,6 @@ class LocalModel:
     @property
     def context_window(self) -> int:
         return self.config.context_length
-
-    def describe(self) -> dict:
-        """Facts for the model catalogue: context window and the file's own name."""
-        return {
-            "context_window": self.config.context_length,
-            "name": self.metadata.get("general.name"),
-            "architecture": self.metadata.get("general.architecture"),
-            "param_bytes": self.param_bytes,
-        }
 
     def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
         """Token ids of ``prompt``: through the chat template when ``chat``, else as raw text."""
@@ -166,10 +157,9 @@ class LocalModel:
             return self.params
         if axis not in mesh.axis_names:
             raise ValueError(f"mesh has axes {mesh.axis_names}, not the batch axis {axis!r}")
-        key = (mesh, axis)
-        if key not in self._placed:
-            self._placed[key] = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        return self._placed[key]
+        if mesh not in self._placed:
+            self._placed[mesh] = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        return self._placed[mesh]
 
 
 @partial(jax.jit, static_argnames=("config",))
