@@ -28,7 +28,6 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
 
 
 def cache_key(model_id: str, request: ChatRequest) -> str:
-    schema = request.response_format.model_json_schema() if request.response_format else None
     payload = {
         "model": model_id,
         "messages": [[m.role, m.content] for m in request.messages],
@@ -37,7 +36,7 @@ def cache_key(model_id: str, request: ChatRequest) -> str:
         "stop": request.stop,
         "seed": request.seed,
         "top_p": request.top_p,
-        "schema": schema,
+        "schema": request.output_schema,
         "sample_index": request.sample_index,
         "extra": dict(request.extra),
     }

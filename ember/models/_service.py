@@ -104,7 +104,8 @@ class ModelService:
 
         ``params``: ``system``, ``temperature``, ``max_tokens``, ``stop``, ``seed``,
         ``top_p``, ``response_format`` (a pydantic model: the answer is validated into
-        ``response.parsed``), ``sample_index`` (tells repeated samples apart),
+        ``response.parsed``), ``json_schema`` (a schema the provider should constrain the
+        answer to, left unvalidated), ``sample_index`` (tells repeated samples apart),
         ``timeout`` (seconds), and ``extra`` (provider-specific payload fields).
         """
         if _loop.on_io_loop():
@@ -161,6 +162,7 @@ class ModelService:
             seed=params.get("seed"),
             top_p=params.get("top_p"),
             response_format=response_format,
+            json_schema=params.get("json_schema"),
             sample_index=int(params.get("sample_index", 0)),
             timeout=float(params.get("timeout") or route.timeout),
             extra=dict(params.get("extra") or {}),
@@ -295,7 +297,8 @@ class ModelService:
 
 _MAX_ROUTES = 4096
 _PARAMS = frozenset(
-    {"system", "temperature", "max_tokens", "stop", "seed", "top_p", "response_format", "sample_index", "timeout", "extra"}
+    {"system", "temperature", "max_tokens", "stop", "seed", "top_p", "response_format", "json_schema", "sample_index",
+     "timeout", "extra"}
 )
 
 

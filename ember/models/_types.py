@@ -73,6 +73,9 @@ class ChatRequest:
     seed: int | None = None
     top_p: float | None = None
     response_format: type[BaseModel] | None = None
+    #: Constrain the answer to this JSON schema without validating it here (callers that
+    #: validate and repair themselves, like operators' specifications, pass this).
+    json_schema: Mapping[str, Any] | None = None
     sample_index: int = 0
     timeout: float = 60.0
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -82,6 +85,13 @@ class ChatRequest:
     @property
     def system(self) -> str | None:
         return self.messages[0].content if self.messages and self.messages[0].role == "system" else None
+
+    @property
+    def output_schema(self) -> Mapping[str, Any] | None:
+        """The JSON schema the answer must follow, from ``json_schema`` or ``response_format``."""
+        if self.json_schema is not None:
+            return self.json_schema
+        return self.response_format.model_json_schema() if self.response_format is not None else None
 
     @property
     def turns(self) -> tuple[Message, ...]:

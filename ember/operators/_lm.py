@@ -71,14 +71,21 @@ class LMModule:
 
         return get_app_context().model_service
 
-    def submit(self, prompt: Prompt, *, sample_index: int = 0) -> concurrent.futures.Future[ModelResponse]:
-        """Start one call and return its future at once (for fan-out)."""
+    def submit(
+        self, prompt: Prompt, *, sample_index: int = 0, json_schema: Mapping[str, Any] | None = None
+    ) -> concurrent.futures.Future[ModelResponse]:
+        """Start one call and return its future at once (for fan-out).
+
+        ``json_schema`` asks the provider to constrain the answer (native JSON modes, the
+        local model's guided decoding); validation and repair stay with the specification.
+        """
         return self.service.submit(
             self.model_name,
             prompt,
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             sample_index=sample_index,
+            json_schema=json_schema,
         )
 
     def __call__(self, prompt: Prompt, *, sample_index: int = 0) -> str:
@@ -101,14 +108,15 @@ class LMModule:
         """Structured answers for many inputs: all first calls, then all repairs, concurrently."""
         validated = [spec.validate_inputs(inputs) for inputs in batch]
         prompts = [f"{spec.render_prompt(inputs)}\n\n{spec.output_instructions()}" for inputs in validated]
-        answers = [response.text for response in gather([self.submit(p) for p in prompts])]
+        schema = spec.output_schema()
+        answers = [response.text for response in gather([self.submit(p, json_schema=schema) for p in prompts])]
         results: list[Any] = [None] * len(batch)
         repairs: dict[int, concurrent.futures.Future[ModelResponse]] = {}
         for i, answer in enumerate(answers):
             try:
                 results[i] = spec.parse_output(answer, inputs=validated[i])
             except StructuredOutputError as error:
-                repairs[i] = self.submit(spec.repair_prompt(prompts[i], answer, error))
+                repairs[i] = self.submit(spec.repair_prompt(prompts[i], answer, error), json_schema=schema)
         for i, response in zip(repairs, gather(list(repairs.values()))):
             try:
                 results[i] = spec.parse_output(response.text, inputs=validated[i])

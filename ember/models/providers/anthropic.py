@@ -54,9 +54,8 @@ class AnthropicProvider(Provider):
         }
         optional = {"system": request.system, "stop_sequences": list(request.stop) if request.stop else None}
         payload.update({k: v for k, v in optional.items() if v is not None})
-        if request.response_format is not None:
-            schema = request.response_format.model_json_schema()
-            payload["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        if request.output_schema is not None:
+            payload["output_config"] = {"format": {"type": "json_schema", "schema": dict(request.output_schema)}}
         sampling = {"temperature": request.temperature, "top_p": request.top_p}
         extra_body = {k: v for k, v in sampling.items() if v is not None} | dict(request.extra)
         if extra_body:

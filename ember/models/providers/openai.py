@@ -64,14 +64,10 @@ class OpenAIProvider(Provider):
             "top_p": request.top_p,
         }
         payload.update({k: v for k, v in optional.items() if v is not None})
-        if request.response_format is not None:
-            payload["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": request.response_format.__name__,
-                    "schema": request.response_format.model_json_schema(),
-                },
-            }
+        schema = request.output_schema
+        if schema is not None:
+            name = request.response_format.__name__ if request.response_format else schema.get("title", "answer")
+            payload["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
         payload.update(request.extra)
         return payload
 
