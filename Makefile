@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/eval_demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -38,6 +38,7 @@ def test_local_is_a_registered_keyless_provider():
     assert provider_class("local") is LocalProvider and LocalProvider.requires_key is False
 
 
+@pytest.mark.slow
 def test_answer_with_usage_from_the_tokenizer(model, provider):
     result = asyncio.run(provider.acomplete(request(temperature=0.0, max_tokens=16)))
     assert "Paris" in result.text
@@ -46,6 +47,7 @@ def test_answer_with_usage_from_the_tokenizer(model, provider):
     assert result.finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_eight_concurrent_requests_are_one_batched_generation(model, provider):
     before = dataclasses.replace(model.stats)
 
@@ -59,6 +61,7 @@ def test_eight_concurrent_requests_are_one_batched_generation(model, provider):
     assert len({r.text for r in results}) > 1  # sample indexes give different samples
 
 
+@pytest.mark.slow
 def test_same_seed_and_index_repeat_other_indexes_differ(provider):
     async def run(index: int, seed: int | None = 11):
         return (await provider.acomplete(request("Tell me a story.", temperature=1.0, seed=seed, sample_index=index))).text
@@ -68,6 +71,7 @@ def test_same_seed_and_index_repeat_other_indexes_differ(provider):
     assert asyncio.run(run(0, seed=None)) == asyncio.run(run(0, seed=None))  # no seed: a fixed default
 
 
+@pytest.mark.slow
 def test_temperature_zero_ignores_the_sample_index(provider):
     async def both():
         return await asyncio.gather(*(provider.acomplete(request(temperature=0.0, sample_index=i)) for i in (0, 1)))
@@ -76,6 +80,7 @@ def test_temperature_zero_ignores_the_sample_index(provider):
     assert a.text == b.text
 
 
+@pytest.mark.slow
 def test_stop_and_defaults(model, provider):
     result = asyncio.run(provider.acomplete(request(temperature=0.0, max_tokens=16, stop=("Paris",))))
     assert "Paris" not in result.text and result.finish_reason == "stop"
@@ -83,6 +88,7 @@ def test_stop_and_defaults(model, provider):
     assert (config.temperature, config.top_p, config.max_new_tokens) == (0.2, 0.9, 8)
 
 
+@pytest.mark.slow
 def test_generation_does_not_block_the_event_loop(provider):
     async def main():
         ticks = 0
@@ -104,12 +110,14 @@ def test_generation_does_not_block_the_event_loop(provider):
     assert ticks >= 0.2 * elapsed / 0.01  # a blocked loop would tick ~0 times
 
 
+@pytest.mark.slow
 def test_timeout_is_a_typed_error(provider):
     slow = request("Write a very long essay about the history of Europe.", temperature=0.0, max_tokens=200, timeout=0.05)
     with pytest.raises(ProviderTimeoutError):
         asyncio.run(provider.acomplete(slow))
 
 
+@pytest.mark.slow
 def test_bad_sampling_settings_are_a_provider_error(provider):
     with pytest.raises(ProviderError, match="top_p"):
         asyncio.run(provider.acomplete(request(top_p=0.0)))
@@ -131,6 +139,7 @@ def test_missing_weights_package_says_what_to_install(monkeypatch):
         _paths.resolve_model_path(MODEL)
 
 
+@pytest.mark.slow
 def test_micro_batcher_groups_a_burst_and_isolates_bad_requests(model):
     batcher = MicroBatcher(model, window_s=0.05, max_batch=4)
     before = model.stats.generate_calls

@@ -33,6 +33,7 @@ class _Pending:
     config: GenerationConfig
     deadline: float | None
     future: Future
+    assistant_prefix: str = ""
 
 
 class MicroBatcher:
@@ -50,15 +51,18 @@ class MicroBatcher:
         #: Batched generations run so far.
         self.batches = 0
 
-    def submit(self, prompt: Prompt, config: GenerationConfig, *, deadline: float | None = None) -> Future[Generation]:
+    def submit(
+        self, prompt: Prompt, config: GenerationConfig, *, deadline: float | None = None, assistant_prefix: str = ""
+    ) -> Future[Generation]:
         """Queue one prompt; the future resolves to its :class:`Generation` (or its error).
 
         ``deadline`` (a ``time.monotonic()`` instant) stops the row with ``finish_reason``
         ``"timeout"``. Cancelling the future before its batch starts drops the request.
+        ``assistant_prefix`` is text the reply must start with; generation continues it.
         """
         future: Future[Generation] = Future()
         self._ensure_worker()
-        self._queue.put(_Pending(prompt, config, deadline, future))
+        self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix))
         return future
 
     def close(self) -> None:
@@ -102,7 +106,7 @@ class MicroBatcher:
         ready, ids = [], []
         for p in live:
             try:
-                prompt_ids = model.encode(p.prompt)
+                prompt_ids = model.encode(p.prompt, assistant_prefix=p.assistant_prefix)
                 if len(prompt_ids) >= model.context_window:
                     raise ContextLengthExceededError(
                         f"the prompt has {len(prompt_ids)} tokens; the context window is {model.context_window}",

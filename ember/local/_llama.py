@@ -2,9 +2,9 @@
 
 Why plain pytrees (NamedTuples of arrays) rather than Flax NNX modules: the weights are
 loaded, never trained, so there is no module state to split and merge; the 30 layers are
-stacked on a leading axis so ``lax.scan`` compiles one layer instead of 30 (tracing and
-compiling the unrolled stack is ~30x the work); and placing a pytree on a mesh is one
-``jax.device_put`` with a ``NamedSharding``.
+stacked on a leading axis so ``lax.scan`` compiles one layer instead of 30 (a decode step
+compiles in 1.5 s scanned, 11 s unrolled, on the dev machine); and placing a pytree on a
+mesh is one ``jax.device_put`` with a ``NamedSharding``.
 
 One function serves prefill (``T`` new tokens) and decode (``T == 1``). Prompts are
 left-padded so every row writes its new keys and values at the same cache slot; a row's

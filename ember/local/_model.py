@@ -85,13 +85,17 @@ class LocalModel:
     def context_window(self) -> int:
         return self.config.context_length
 
-    def encode(self, prompt: Prompt, *, chat: bool = True) -> list[int]:
-        """Token ids of ``prompt``: through the chat template when ``chat``, else as raw text."""
+    def encode(self, prompt: Prompt, *, chat: bool = True, assistant_prefix: str = "") -> list[int]:
+        """Token ids of ``prompt``: through the chat template when ``chat``, else as raw text.
+
+        ``assistant_prefix`` starts the assistant's reply, so generation continues it (guided
+        decoding forces the JSON around each field this way).
+        """
         if not chat:
             if not isinstance(prompt, str):
                 raise TypeError("chat=False takes prompt strings")
             return self.tokenizer.encode(prompt)
-        return self.tokenizer.encode(self.chat_format.render(normalize_messages(prompt)))
+        return self.tokenizer.encode(self.chat_format.render(normalize_messages(prompt)) + assistant_prefix)
 
     def generate(
         self,

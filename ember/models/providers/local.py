@@ -12,18 +12,22 @@ take the model's defaults (a GGUF's ``general.sampling.*`` metadata, else temper
 and top_p 0.9, SmolLM2's recommended values); ``seed=None`` means seed 0, so runs repeat;
 ``sample_index`` is mixed into the seed so samples of one prompt differ at temperature > 0.
 Token counts come from the model's tokenizer; cost is left to the pricing layer (it is 0).
+A JSON schema of scalar fields (``json_schema`` / ``response_format``) is followed by
+guided decoding (:mod:`ember.local._guided`), so even this small model answers in valid JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import time
 from pathlib import Path
 
-from ember.local import GenerationConfig, LocalModel, load_model, resolve_model_path, shared_batcher
+from ember.local import Generation, GenerationConfig, LocalModel, load_model, resolve_model_path, shared_batcher
 from ember.local._gguf import read_gguf
+from ember.local._guided import flat_fields, guided_json
 from ember.local._llama import LlamaConfig
 from ember.models._errors import ProviderError, ProviderTimeoutError
 from ember.models._types import ChatRequest, ProviderResult
@@ -54,6 +58,9 @@ class LocalProvider(Provider):
 
     name = "local"
     requires_key = False
+    supports_structured_output = True  # guided decoding of flat JSON objects
+    #: CPU generation of a full batch takes minutes; a request also waits for the batch ahead.
+    default_timeout = 600.0
 
     def __init__(self, settings: ProviderSettings) -> None:
         super().__init__(settings)
@@ -83,23 +90,38 @@ class LocalProvider(Provider):
             config = self._config(request, model)
         except ValueError as exc:  # out-of-range sampling settings: the caller's to fix
             raise ProviderError(str(exc), model_id=model_id) from exc
-        future = batcher.submit(request.messages, config, deadline=time.monotonic() + request.timeout)
-        try:
-            # A little past the deadline: the row itself stops at the deadline, at the next
-            # decode chunk, and comes back with finish_reason "timeout".
-            generation = await asyncio.wait_for(asyncio.wrap_future(future), timeout=request.timeout + 5.0)
-        except TimeoutError:
-            generation = None
-        if generation is None or generation.finish_reason == "timeout":
-            raise ProviderTimeoutError(
-                f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
-                model_id=model_id,
-            )
+        deadline = time.monotonic() + request.timeout
+        first: list[Generation] = []
+
+        async def step(prefix: str, stop: tuple[str, ...], max_new_tokens: int) -> tuple[str, int]:
+            step_config = dataclasses.replace(config, stop=stop, max_new_tokens=max_new_tokens)
+            future = batcher.submit(request.messages, step_config, deadline=deadline, assistant_prefix=prefix)
+            try:
+                # A little past the deadline: the row itself stops at the deadline, at the
+                # next decode chunk, and comes back with finish_reason "timeout".
+                generation = await asyncio.wait_for(asyncio.wrap_future(future), timeout=request.timeout + 5.0)
+            except TimeoutError:
+                generation = None
+            if generation is None or generation.finish_reason == "timeout":
+                raise ProviderTimeoutError(
+                    f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
+                    model_id=model_id,
+                )
+            first.append(generation)
+            return generation.text, generation.completion_tokens
+
+        fields = flat_fields(request.output_schema)
+        if fields is not None:
+            text, output_tokens = await guided_json(fields, step, config.max_new_tokens)
+            finish_reason = "stop"
+        else:
+            text, output_tokens = await step("", config.stop, config.max_new_tokens)
+            finish_reason = first[0].finish_reason
         return ProviderResult(
-            text=generation.text,
-            input_tokens=generation.prompt_tokens,
-            output_tokens=generation.completion_tokens,
-            finish_reason=generation.finish_reason,
+            text=text,
+            input_tokens=first[0].prompt_tokens,
+            output_tokens=output_tokens,
+            finish_reason=finish_reason,
             raw_model=model.metadata.get("general.name") or model.path.name,
         )
 
