@@ -29,7 +29,7 @@ KEY = "bench-key"
 async def raw_sdk(base_url: str, calls: int, concurrency: int) -> float:
     import openai
 
-    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> str:
@@ -71,7 +71,7 @@ def make_service(base_url: str, concurrency: int):
         environ={},
         overrides={
             "model_registry": {
-                "providers": {"openai": {"base_url": f"{base_url}/v1", "api_key": KEY, "max_concurrency": concurrency}}
+                "providers": {"openai": {"base_url": base_url, "api_key": KEY, "max_concurrency": concurrency}}
             }
         },
     )
