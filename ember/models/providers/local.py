@@ -91,7 +91,7 @@ class LocalProvider(Provider):
         except ValueError as exc:  # out-of-range sampling settings: the caller's to fix
             raise ProviderError(str(exc), model_id=model_id) from exc
         deadline = time.monotonic() + request.timeout
-        first: list[Generation] = []
+        generations: list[Generation] = []
 
         async def step(prefix: str, stop: tuple[str, ...], max_new_tokens: int) -> tuple[str, int]:
             step_config = dataclasses.replace(config, stop=stop, max_new_tokens=max_new_tokens)
@@ -107,21 +107,19 @@ class LocalProvider(Provider):
                     f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
                     model_id=model_id,
                 )
-            first.append(generation)
+            generations.append(generation)
             return generation.text, generation.completion_tokens
 
         fields = flat_fields(request.output_schema)
         if fields is not None:
             text, output_tokens = await guided_json(fields, step, config.max_new_tokens)
-            finish_reason = "stop"
         else:
             text, output_tokens = await step("", config.stop, config.max_new_tokens)
-            finish_reason = first[0].finish_reason
         return ProviderResult(
             text=text,
-            input_tokens=first[0].prompt_tokens,
+            input_tokens=generations[0].prompt_tokens,
             output_tokens=output_tokens,
-            finish_reason=finish_reason,
+            finish_reason=generations[-1].finish_reason,
             raw_model=model.metadata.get("general.name") or model.path.name,
         )
 
