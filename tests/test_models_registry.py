@@ -14,7 +14,7 @@ from ember.models import (
     UsageStats,
 )
 from ember.models._errors import MissingCredentialsError, ProviderError
-from ember.models._redact import install_log_redaction, redact, register_secret
+from ember._runtime import install_log_redaction, redact, register_secret
 
 
 def test_model_info_from_id_alone_fills_provider_and_catalogue_fields():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ember.models._errors import EmberError
+from ember._runtime import EmberError
 
 __all__ = ["ConfigError"]
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from ember.models._redact import register_secret
+from ember._runtime import register_secret
 
 __all__ = [
     "ProviderConfig",

@@ -7,11 +7,10 @@ broken, which names exist when the one given does not.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ember.models._errors import EmberError
+from ember._runtime import EmberError, close_matches, did_you_mean
 
 __all__ = [
     "DatasetError",
@@ -32,8 +31,8 @@ class UnknownDatasetError(DatasetError, KeyError):
     def __init__(self, kind: str, name: str, known: Iterable[str], *, where: str = "") -> None:
         known = sorted(known)
         self.name, self.known = name, known
-        self.close_matches = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(self.close_matches)}?" if self.close_matches else ""
+        self.close_matches = close_matches(name, known)
+        hint = did_you_mean(self.close_matches)
         listing = ", ".join(known) if len(known) <= 60 else ", ".join(known[:60]) + ", ..."
         scope = f" of {where}" if where else ""
         super().__init__(f"unknown {kind} {name!r}{scope}.{hint} Known: {listing or '(none)'}.")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ember.eval._results import ItemRecord
-from ember.models._errors import EmberError
+from ember._runtime import EmberError
 
 __all__ = ["Journal", "JournalMismatchError"]
 

@@ -2,15 +2,14 @@
 
 Every failure a caller can meet on the call path is one of these, so that code above
 (operators, evaluation) can tell "retry later" from "fix your config" without parsing
-strings. Messages never carry credentials: they pass through :func:`ember.models._redact.redact`.
+strings. Messages never carry credentials: they pass through :func:`ember._runtime.redact`.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
-from ember.models._redact import redact
+from ember._runtime import EmberError, close_matches, did_you_mean, redact
 
 __all__ = [
     "EmberError",
@@ -30,13 +29,6 @@ __all__ = [
 _SNIPPET_CHARS = 200
 
 
-class EmberError(Exception):
-    """Base of every error Ember raises on purpose."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(redact(message))
-
-
 class ModelError(EmberError):
     """A failure tied to one model id."""
 
@@ -48,16 +40,12 @@ class ModelError(EmberError):
         super().__init__(prefix + message)
 
 
-def _suggest(name: str, known: Iterable[str]) -> list[str]:
-    return difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-
-
 class ModelNotFoundError(ModelError, KeyError):
     """The id names no registered model and no provider could resolve it."""
 
     def __init__(self, model_id: str, known: Iterable[str] = (), *, reason: str = "") -> None:
-        self.close_matches = _suggest(model_id, known)
-        hint = f" Did you mean: {', '.join(self.close_matches)}?" if self.close_matches else ""
+        self.close_matches = close_matches(model_id, known)
+        hint = did_you_mean(self.close_matches)
         detail = f" {reason}" if reason else ""
         super().__init__(f"model {model_id!r} is not registered.{detail}{hint}", model_id=model_id)
 
@@ -73,9 +61,9 @@ class ProviderNotFoundError(ModelNotFoundError):
             model_id,
             reason=f"Unknown provider {provider!r}; known providers: {', '.join(known)}.",
         )
-        self.close_matches = _suggest(provider, known)
+        self.close_matches = close_matches(provider, known)
         if self.close_matches:
-            self.args = (self.args[0] + f" Did you mean: {', '.join(self.close_matches)}?",)
+            self.args = (self.args[0] + did_you_mean(self.close_matches),)
 
 
 class MissingCredentialsError(ModelError):

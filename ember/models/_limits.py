@@ -1,6 +1,6 @@
 """Client-side limits shared by every caller of a model: concurrency, RPM and TPM.
 
-All primitives live on Ember's I/O loop (:mod:`ember.models._loop`), so one
+All primitives live on Ember's I/O loop (:mod:`ember._runtime._loop`), so one
 :class:`ModelLimiter` per model id is the whole process's budget.
 
 Rate limits are token buckets refilled continuously at ``rate`` per second with a small

@@ -5,7 +5,7 @@ revision) -> response cache -> RPM/TPM budget -> a concurrency slot -> the provi
 adapter under a timeout -> on a transient failure, release the slot, back off (honouring
 Retry-After) and try again -> price the usage -> record it -> cache it.
 
-Everything after "resolve" runs on Ember's I/O loop (:mod:`ember.models._loop`), so the
+Everything after "resolve" runs on Ember's I/O loop (:mod:`ember._runtime._loop`), so the
 limits are one process-wide budget however the caller is parallelised.
 """
 
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ember.models import _loop
+from ember._runtime import _loop
 from ember.models._cache import ResponseCache, cache_key
 from ember.models._errors import MalformedResponseError, ModelError, ProviderTimeoutError
 from ember.models._factory import ModelFactory

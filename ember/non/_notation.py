@@ -47,12 +47,11 @@ Any malformed notation raises :class:`NotationError`, which names where the bad 
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ember.models._errors import EmberError
+from ember._runtime import EmberError, close_matches
 from ember.non._ensembles import UniformEnsemble
 from ember.operators import JudgeSynthesis, MostCommon, Operator, Parallel, SelectBest, Sequential, Synthesis, Verifier
 
@@ -143,7 +142,7 @@ class _Builder:
     def reference(self, text: str, where: str, depth: int) -> tuple[Operator, bool]:
         name = text[1:]
         if name not in self.components:
-            close = difflib.get_close_matches(name, list(self.components), n=3, cutoff=0.5)
+            close = close_matches(name, self.components)
             hint = f"; did you mean {', '.join('$' + c for c in close)}?" if close else ""
             known = f" (components: {', '.join(sorted(self.components))})" if self.components and not close else ""
             raise NotationError(

@@ -7,10 +7,9 @@ subclass :class:`~ember.models.EmberError`.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
-from ember.models._errors import EmberError
+from ember._runtime import EmberError, close_matches, did_you_mean
 
 __all__ = [
     "InvalidInputError",
@@ -61,8 +60,8 @@ class OperatorNotFoundError(EmberError, KeyError):
 
     def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name
-        self.close_matches = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(self.close_matches)}?" if self.close_matches else ""
+        self.close_matches = close_matches(name, known)
+        hint = did_you_mean(self.close_matches)
         super().__init__(f"no operator registered as {name!r}.{hint}")
 
     __str__ = Exception.__str__  # KeyError would quote the message

@@ -22,7 +22,6 @@ follow-up request a caller may make before giving up (see :meth:`LMModule.genera
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import string
@@ -31,6 +30,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ember._runtime import close_matches, did_you_mean
 from ember.operators._errors import InvalidInputError, InvalidOutputError, SpecificationError, StructuredOutputError
 from ember.operators._model import Record
 
@@ -167,8 +167,7 @@ def _check(where: str, input_model: Any, output_model: Any, template: str | None
     allowed = _renderable(input_model) if input_model is not None else set()
     for name in names:
         if name not in allowed:
-            close = difflib.get_close_matches(name, sorted(allowed), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            hint = did_you_mean(close_matches(name, sorted(allowed)))
             raise SpecificationError(
                 f"{where}: placeholder {{{name}}} is not a field of {input_model.__name__} "
                 f"(fields: {', '.join(input_model.model_fields)}).{hint}"

@@ -19,7 +19,7 @@ Writing a provider::
             return ProviderResult(text=text, input_tokens=len(text.split()), output_tokens=len(text.split()))
 
 after which ``service("echo:anything", "hi")`` works. Adapters are created and used on
-Ember's I/O event loop (see :mod:`ember.models._loop`), so an SDK's async client is bound
+Ember's I/O event loop (see :mod:`ember._runtime._loop`), so an SDK's async client is bound
 to one loop for its whole life.
 """
 
