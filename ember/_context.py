@@ -1,11 +1,18 @@
-"""The application context: one place that wires configuration, models and usage.
+"""The application context: one place that wires configuration, models, usage and logging.
 
 Created lazily on first use, so ``import ember`` stays cheap. ``initialize_ember()``
-replaces it (e.g. after changing config files) and returns its model service.
+replaces it and returns its model service; it re-reads config files and the environment
+first, so a key exported or a file edited since the last context is seen.
+
+Logging: ``app.log_level`` sets the level of the ``ember`` logger when a context is built.
+If neither that logger nor the root logger has a handler, one writing to stderr is added,
+so that ``log_level: INFO`` shows Ember's INFO records (retries, waits) out of the box
+instead of Python's last-resort handler dropping everything below WARNING.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
@@ -13,7 +20,7 @@ if TYPE_CHECKING:
     from ember.config import ConfigManager
     from ember.models import ModelRegistry, ModelService, UsageService
 
-__all__ = ["EmberAppContext", "get_app_context", "initialize_ember", "reset_app_context"]
+__all__ = ["EmberAppContext", "apply_log_level", "get_app_context", "initialize_ember", "reset_app_context"]
 
 
 class EmberAppContext:
@@ -28,7 +35,11 @@ class EmberAppContext:
         from ember.config import get_config_manager
         from ember.models import ModelService
 
-        self.config_manager = config_manager or get_config_manager()
+        if config_manager is None:
+            config_manager = get_config_manager()
+            config_manager.reload()
+        self.config_manager = config_manager
+        apply_log_level(config_manager.get_config("app").log_level)
         self.model_service: ModelService = ModelService(
             registry=registry, usage_service=usage_service, config_manager=self.config_manager
         )
@@ -40,6 +51,20 @@ class EmberAppContext:
     @property
     def model_registry(self) -> ModelRegistry:
         return self.model_service.registry
+
+
+_HANDLER_NAME = "ember-default-stderr"
+
+
+def apply_log_level(level: str) -> None:
+    """Set the ``ember`` logger's level; give it a stderr handler if nothing would print."""
+    logger = logging.getLogger("ember")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.set_name(_HANDLER_NAME)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 _lock = threading.Lock()

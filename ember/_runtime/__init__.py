@@ -1,16 +1,33 @@
-"""Ember's bottom layer: the error root, redaction, the I/O loop, fan-out and usage scopes.
+"""Ember's bottom layer: errors, redaction, the I/O loop, structured fan-out and usage scopes.
 
 Every other package may import from here; this package imports no other part of Ember.
 """
 
 from ember._runtime._errors import EmberError, close_matches, did_you_mean
+from ember._runtime._loop import io_loop, on_io_loop, run_on_io_loop, submit
 from ember._runtime._redact import install_log_redaction, redact, register_secret
+from ember._runtime._scope import Cancelled, CancelScope, check_cancelled, current_scope, open_scope
+from ember._runtime._taskgroup import TaskGroup
+from ember._runtime._usage import UsageScope, UsageStats, current_usage_scope
 
 __all__ = [
+    "CancelScope",
+    "Cancelled",
     "EmberError",
+    "TaskGroup",
+    "UsageScope",
+    "UsageStats",
+    "check_cancelled",
     "close_matches",
+    "current_scope",
+    "current_usage_scope",
     "did_you_mean",
     "install_log_redaction",
+    "io_loop",
+    "on_io_loop",
+    "open_scope",
     "redact",
     "register_secret",
+    "run_on_io_loop",
+    "submit",
 ]

@@ -5,6 +5,18 @@ holds an immutable snapshot (layers, their merge, the validated :class:`EmberCon
 replaces it whole, under a lock, on ``update_config`` or ``reload``. Scoped overrides live
 in a :class:`contextvars.ContextVar`, so each thread and each asyncio task sees only its
 own; a task created inside a scope inherits it, as contextvars are copied into new tasks.
+
+What is read when (for a manager over the live environment, the default):
+
+- files (``ember.yaml``, ``~/.ember/config.yaml``, ``$EMBER_CONFIG``) and the environment
+  are read when the manager is created and on :meth:`ConfigManager.reload`, which
+  ``initialize_ember()`` and every new ``ModelService`` built without an explicit manager
+  call;
+- the environment is also checked on every read: if any variable changed since it was
+  last read (a notebook's ``os.environ["OPENAI_API_KEY"] = ...``), the manager reloads
+  before answering. The check compares the process environment with a copy, about
+  0.2 us, where re-reading the relevant variables would cost about 20 us per model call;
+- a file edited later is not seen until one of the reloads above.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import itertools
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -67,6 +80,15 @@ def _check_section(section: str) -> None:
         )
 
 
+# The process environment as os.environ stores it (bytes on POSIX): comparing it with a
+# copy is the cheapest exact test for "some variable changed".
+_RAW_ENVIRON: Mapping[Any, Any] = getattr(os.environ, "_data", os.environ)
+
+
+def _environment_copy() -> dict[Any, Any]:
+    return dict(_RAW_ENVIRON)
+
+
 class ConfigManager:
     """Typed, validated configuration merged from every source; create with :func:`create_config_manager`.
 
@@ -79,6 +101,8 @@ class ConfigManager:
         self._sources = sources
         self._lock = threading.Lock()
         self._scope: ContextVar[_Scope | None] = ContextVar("ember_config_scope", default=None)
+        self._live = sources.environ is None
+        self._environ_seen = _environment_copy() if self._live else None
         self._base_layers = sources.read()
         self._overrides: dict[str, Any] = copy.deepcopy(dict(overrides or {}))
         self._snapshot = self._build(self._base_layers, self._overrides)
@@ -106,6 +130,7 @@ class ConfigManager:
         The result is frozen and shared: the same object comes back until the effective
         configuration changes.
         """
+        self._follow_environment()
         config = self._effective()
         if section is None:
             return config
@@ -131,8 +156,13 @@ class ConfigManager:
         Code that derives something from the config (clients, limiters) can keep it keyed
         by this value. Values are never reused, across managers too.
         """
+        self._follow_environment()
         scope = self._scope.get()
         return (self._snapshot.generation, 0 if scope is None else scope.serial)
+
+    def _follow_environment(self) -> None:
+        if self._live and _RAW_ENVIRON != self._environ_seen:
+            self.reload()
 
     def update_config(self, section: str, values: Mapping[str, Any]) -> None:
         """Deep-merge ``values`` into ``section`` for everyone, until the process ends.
@@ -149,9 +179,10 @@ class ConfigManager:
     def reload(self) -> None:
         """Read files and environment again; runtime overrides are kept."""
         with self._lock:
+            environ_seen = _environment_copy() if self._live else None
             base_layers = self._sources.read()
             self._snapshot = self._build(base_layers, self._overrides)
-            self._base_layers = base_layers
+            self._base_layers, self._environ_seen = base_layers, environ_seen
 
     @contextlib.contextmanager
     def scoped(self, overrides: Overrides) -> Iterator[EmberConfig]:

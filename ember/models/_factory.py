@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from ember._runtime import install_log_redaction, register_secret
 from ember.models._errors import MissingCredentialsError, ProviderNotFoundError
 from ember.models._info import ModelInfo
-from ember._runtime import install_log_redaction, register_secret
 from ember.models.providers._base import Provider, ProviderSettings, known_provider_kinds, provider_class
 
 if TYPE_CHECKING:

@@ -7,6 +7,17 @@ Retry-After) and try again -> price the usage -> record it -> cache it.
 
 Everything after "resolve" runs on Ember's I/O loop (:mod:`ember._runtime._loop`), so the
 limits are one process-wide budget however the caller is parallelised.
+
+Each call also reports to the runtime's scopes (:mod:`ember._runtime`): its future is
+owned by the current cancel scope, so a failed sibling, an abandoned evaluation item or
+Ctrl-C cancels it and closes its HTTP request; and its tokens, cost and attempts are
+added to the current usage scope, which is how evaluation prices any system exactly.
+
+What is read when: the service reads the configuration (and, through it, the environment
+and config files) on every call, keyed by the manager's revision, so a key exported after
+the service was built is used by its next call. A ``ModelService`` built without an
+explicit ``config_manager`` first reloads the process-wide one, so it sees the files and
+environment of that moment (see :class:`ember.config.ConfigManager`).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from ember._runtime import UsageScope, current_scope, current_usage_scope
 from ember._runtime import _loop
 from ember.models._cache import ResponseCache, cache_key
 from ember.models._errors import MalformedResponseError, ModelError, ProviderTimeoutError
@@ -87,6 +99,7 @@ class ModelService:
             from ember.config import get_config_manager
 
             config_manager = get_config_manager()
+            config_manager.reload()  # a new service sees the files and environment of now
         self.config_manager = config_manager
         self.registry = registry if registry is not None else ModelRegistry(config_manager=config_manager)
         self.usage_service = usage_service if usage_service is not None else UsageService()
@@ -110,21 +123,37 @@ class ModelService:
         """
         if _loop.on_io_loop():
             raise RuntimeError("invoke_model would deadlock on Ember's I/O loop; await ainvoke_model instead")
-        return self.submit(model_id, prompt, **params).result()
+        future = self.submit(model_id, prompt, **params)
+        try:
+            return future.result()
+        except BaseException:  # Ctrl-C while waiting: the call must not outlive its caller
+            future.cancel()
+            raise
 
     __call__ = invoke_model
 
     def submit(self, model_id: str, prompt: Prompt, **params: Any) -> concurrent.futures.Future[ModelResponse]:
-        """Start the call on the I/O loop and return its future at once (for fan-out)."""
+        """Start the call on the I/O loop and return its future at once (for fan-out).
+
+        The future belongs to the current cancel scope (e.g. the enclosing
+        :class:`~ember._runtime.TaskGroup`): cancelling either cancels the call.
+        """
         route, request = self._prepare(model_id, prompt, params)
-        return _loop.submit(self._execute(route, request))
+        scope = current_scope()
+        if scope is not None:
+            scope.check()
+        future = _loop.submit(self._execute(route, request, current_usage_scope()))
+        if scope is not None:
+            scope.attach(future)
+        return future
 
     async def ainvoke_model(self, model_id: str, prompt: Prompt, **params: Any) -> ModelResponse:
         """Async twin of :meth:`invoke_model`, awaitable from any event loop."""
         route, request = self._prepare(model_id, prompt, params)
-        if _loop.on_io_loop():
-            return await self._execute(route, request)
-        return await asyncio.wrap_future(_loop.submit(self._execute(route, request)))
+        scope = current_scope()
+        if scope is not None:
+            scope.check()
+        return await _loop.run_on_io_loop(self._execute(route, request, current_usage_scope()))
 
     acall = ainvoke_model
 
@@ -224,7 +253,7 @@ class ModelService:
         return cache
 
     # -- execution (I/O loop) -------------------------------------------------------------
-    async def _execute(self, route: _Route, request: ChatRequest) -> ModelResponse:
+    async def _execute(self, route: _Route, request: ChatRequest, scope: UsageScope | None) -> ModelResponse:
         started = time.perf_counter()
         stats = self.stats
         stats.started += 1
@@ -237,16 +266,28 @@ class ModelService:
                 result, attempts = await self._call_with_retries(route, request)
             else:
                 stats.cache_hits += 1
-            parsed = _parse_structured(request, result)
+        except ModelError as error:
+            stats.failed += 1
+            if scope is not None:
+                scope.record_failure(attempts=getattr(error, "attempts", 1))
+            raise
         except BaseException:
             stats.failed += 1
             raise
         if attempts and cache is not None:
             cache.put(key, request.model_id, result)
+        # Answered means billed: usage is recorded even if the answer fails validation below.
         cost = route.info.cost.cost(result.input_tokens, result.output_tokens) if attempts else 0.0
         usage = UsageStats(result.input_tokens, result.output_tokens, cost)
         if attempts:
             self.usage_service.add_usage_record(request.model_id, usage)
+        if scope is not None:
+            scope.record(usage, attempts=attempts)
+        try:
+            parsed = _parse_structured(request, result)
+        except ModelError:
+            stats.failed += 1
+            raise
         stats.succeeded += 1
         return ModelResponse(
             text=result.text,

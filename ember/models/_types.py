@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ember._runtime import UsageStats
+
 __all__ = ["Message", "ChatRequest", "ProviderResult", "UsageStats", "ModelResponse", "normalize_messages"]
 
 Role = Literal["system", "user", "assistant"]
@@ -108,23 +110,6 @@ class ProviderResult:
     output_tokens: int
     finish_reason: str | None = None
     raw_model: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class UsageStats:
-    """Tokens and cost of one call. ``cost_usd`` is ``None`` when the price is unknown."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float | None = 0.0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def __add__(self, other: UsageStats) -> UsageStats:
-        cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
-        return UsageStats(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, cost)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Ensemble: the same prompt to N model members, all in flight at once.
 
-Members are submitted to the shared I/O loop together and collected afterwards, so an
-ensemble of 8 has 8 requests in flight (within the per-model budget) instead of calling
-members one after another. Each member gets its own ``sample_index``, so repeated
+Members are submitted to the shared I/O loop together, inside one
+:class:`~ember._runtime.TaskGroup`, so an ensemble of 8 has 8 requests in flight (within
+the per-model budget) instead of calling members one after another, and one member's
+failure cancels the others' requests instead of waiting for them. Each member gets its own ``sample_index``, so repeated
 samples of one model are distinct samples, not cache hits of the first.
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ember.operators._lm import LMModule, gather
+from ember._runtime import TaskGroup
+from ember.operators._lm import LMModule
 from ember.operators._model import EmberModel
 from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
@@ -47,5 +49,6 @@ class Ensemble(Operator[EnsembleInput, EnsembleOutput]):
 
     def forward(self, *, inputs: EnsembleInput) -> EnsembleOutput:
         prompt = self.specification.render_prompt(inputs)
-        futures = [lm.submit(prompt, sample_index=i) for i, lm in enumerate(self.lm_modules)]
-        return EnsembleOutput(responses=[response.text for response in gather(futures)])
+        with TaskGroup():
+            futures = [lm.submit(prompt, sample_index=i) for i, lm in enumerate(self.lm_modules)]
+        return EnsembleOutput(responses=[future.result().text for future in futures])

@@ -2,8 +2,9 @@
 
 Every call goes through :class:`~ember.models.ModelService`, so retries, rate limits, the
 response cache and usage accounting apply however operators are nested. Fan-out uses
-``service.submit``: N calls are started on Ember's shared I/O loop at once and collected
-afterwards, so concurrency is bounded by the shared per-model budget, never by threads.
+``service.submit`` inside a :class:`~ember._runtime.TaskGroup`: N calls are started on
+Ember's shared I/O loop at once, bounded by the shared per-model budget, never by threads;
+if one fails, the group cancels the others (closing their requests) and raises that one.
 
 :meth:`LMModule.generate` turns a :class:`Specification` into a structured answer: it asks
 for JSON, parses and validates it, and on failure makes exactly one repair call that shows
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from ember._runtime import TaskGroup
 from ember.operators._errors import StructuredOutputError
 from ember.operators._operator import Operator
 from ember.operators._specification import Specification
@@ -26,22 +28,11 @@ from ember.operators._specification import Specification
 if TYPE_CHECKING:
     from ember.models import ModelResponse, ModelService
 
-__all__ = ["LMModule", "LMOperator", "gather"]
+__all__ = ["LMModule", "LMOperator"]
 
-T = TypeVar("T")
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 Prompt = str | Sequence[Mapping[str, str]]
-
-
-def gather(futures: Sequence[concurrent.futures.Future[T]]) -> list[T]:
-    """Results in order; on the first failure, cancel the rest and raise it."""
-    done, pending = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-    if pending:
-        for future in pending:
-            future.cancel()
-        next(f for f in done if f.exception() is not None).result()
-    return [future.result() for future in futures]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,15 +100,19 @@ class LMModule:
         validated = [spec.validate_inputs(inputs) for inputs in batch]
         prompts = [f"{spec.render_prompt(inputs)}\n\n{spec.output_instructions()}" for inputs in validated]
         schema = spec.output_schema()
-        answers = [response.text for response in gather([self.submit(p, json_schema=schema) for p in prompts])]
+        with TaskGroup():
+            firsts = [self.submit(p, json_schema=schema) for p in prompts]
         results: list[Any] = [None] * len(batch)
         repairs: dict[int, concurrent.futures.Future[ModelResponse]] = {}
-        for i, answer in enumerate(answers):
-            try:
-                results[i] = spec.parse_output(answer, inputs=validated[i])
-            except StructuredOutputError as error:
-                repairs[i] = self.submit(spec.repair_prompt(prompts[i], answer, error), json_schema=schema)
-        for i, response in zip(repairs, gather(list(repairs.values()))):
+        with TaskGroup():
+            for i, first in enumerate(firsts):
+                answer = first.result().text
+                try:
+                    results[i] = spec.parse_output(answer, inputs=validated[i])
+                except StructuredOutputError as error:
+                    repairs[i] = self.submit(spec.repair_prompt(prompts[i], answer, error), json_schema=schema)
+        for i, repair in repairs.items():
+            response = repair.result()
             try:
                 results[i] = spec.parse_output(response.text, inputs=validated[i])
             except StructuredOutputError as error:

@@ -32,7 +32,13 @@ def normalize_answer(text: str) -> str:
 
 
 def majority_vote(responses: Sequence[str]) -> str:
-    """The most common answer (first-seen wins ties); ``""`` when every answer is blank."""
+    """The most common answer (first-seen wins ties); ``""`` when every answer is blank.
+
+    >>> majority_vote(["Paris.", "Lyon", "paris", "Lyon", ""])   # a tie: "Paris." came first
+    'Paris.'
+    >>> majority_vote(["", "  "])
+    ''
+    """
     keys = [normalize_answer(r) for r in responses]
     counts = Counter(k for k in keys if k)
     if not counts:
@@ -57,7 +63,11 @@ class MostCommonSpecification(Specification[MostCommonInput, MostCommonOutput]):
 
 @register_operator
 class MostCommon(Operator[MostCommonInput, MostCommonOutput]):
-    """Majority vote over ``responses``; no model call."""
+    """Majority vote over ``responses``; no model call.
+
+    >>> MostCommon()(responses=["42", "41", " 42. "]).final_answer
+    '42'
+    """
 
     specification = MostCommonSpecification()
 

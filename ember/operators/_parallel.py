@@ -2,22 +2,21 @@
 
 This is how sub-networks are ensembled: ``Parallel([net_a, net_b])`` followed by a judge
 gives the judge both networks' answers. A branch contributes its ``final_answer`` or, if
-it has none, its ``responses``. Branches run at once, each on a thread that only waits on
-its model futures; the model calls themselves share the models layer's one budget, so
-nesting does not multiply the number of requests in flight. Each thread runs in a copy of
-the caller's ``contextvars`` context, so context-local settings reach every branch.
+it has none, its ``responses``. Branches run at once in a :class:`~ember._runtime.TaskGroup`
+(on the runtime's shared worker threads, each in a copy of the caller's context, so
+context-local settings reach every branch); the model calls themselves share the models
+layer's one budget, so nesting does not multiply the number of requests in flight. A
+failing branch cancels its siblings' calls.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextvars
 from collections.abc import Sequence
 from typing import Any
 
 from ember.operators._ensemble import EnsembleOutput
 from ember.operators._errors import InvalidOutputError
-from ember.operators._lm import gather
+from ember._runtime import TaskGroup
 from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
 from ember.operators._sequential import as_fields
@@ -48,12 +47,9 @@ class Parallel(Operator[Any, EnsembleOutput]):
             raise ValueError("Parallel needs a non-empty sequence of operators")
 
     def forward(self, *, inputs: Any) -> EnsembleOutput:
-        with concurrent.futures.ThreadPoolExecutor(len(self.branches), thread_name_prefix="ember-branch") as pool:
-            futures = [
-                pool.submit(contextvars.copy_context().run, branch.__call__, inputs=inputs) for branch in self.branches
-            ]
-            outputs = gather(futures)
+        with TaskGroup() as group:
+            outputs = [group.spawn(branch.__call__, inputs=inputs) for branch in self.branches]
         responses = []
         for k, (branch, output) in enumerate(zip(self.branches, outputs)):
-            responses += _answers(output, f"branch {k} ({type(branch).__name__})")
+            responses += _answers(output.result(), f"branch {k} ({type(branch).__name__})")
         return EnsembleOutput(responses=responses)

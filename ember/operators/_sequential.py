@@ -5,10 +5,20 @@ the judge would lose the query. Here the inputs are carried forward: stage ``k``
 the original inputs merged with the outputs of stages ``0..k-1`` (later keys win), and
 each stage's input model picks the fields it needs. The result is the last stage's output.
 
->>> from ember.api import non                                           # doctest: +SKIP
->>> pipeline = Sequential([non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"),
-...                        non.JudgeSynthesis(model_name="openai:gpt-4o")])  # doctest: +SKIP
->>> pipeline(inputs={"query": "What is 17 * 23?"}).final_answer          # doctest: +SKIP
+Offline, with Ember's loopback server (:mod:`ember.testing`) in place of the provider:
+
+>>> import os
+>>> from ember.testing import LoopbackServer
+>>> server = LoopbackServer().start()
+>>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
+>>> from ember.api import non
+>>> pipeline = Sequential([non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"), non.MostCommon()])
+>>> pipeline(inputs={"query": "What is 17 * 23?"}).final_answer
+'391'
+>>> server.close()
+
+A ``non.JudgeSynthesis(model_name=...)`` in place of ``MostCommon`` receives both the
+ensemble's ``responses`` and the original ``query``.
 """
 
 from __future__ import annotations

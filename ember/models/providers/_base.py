@@ -85,7 +85,7 @@ class Provider(abc.ABC):
         """Facts the provider knows about a model absent from the catalogue (e.g. context size)."""
         return {}
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: adapters without clients keep it
         """Release clients; called on Ember's I/O loop at shutdown."""
 
     def __repr__(self) -> str:

@@ -63,7 +63,7 @@ def map_sdk_error(exc: Exception, sdk: ModuleType, model_id: str) -> ModelError:
         return ProviderTimeoutError("request timed out", model_id=model_id, retryable=True)
     if isinstance(exc, sdk.APIConnectionError):
         return ProviderConnectionError(f"connection failed: {exc}", model_id=model_id, retryable=True)
-    if isinstance(exc, sdk.APIResponseValidationError) or isinstance(exc, json.JSONDecodeError):
+    if isinstance(exc, (sdk.APIResponseValidationError, json.JSONDecodeError)):
         snippet = getattr(exc, "doc", None) or str(getattr(exc, "body", "") or "")
         return MalformedResponseError("could not parse the provider's response", snippet=snippet, model_id=model_id)
     if isinstance(exc, sdk.APIStatusError):

@@ -14,23 +14,47 @@ and top_p 0.9, SmolLM2's recommended values); ``seed=None`` means seed 0, so run
 Token counts come from the model's tokenizer; cost is left to the pricing layer (it is 0).
 A JSON schema of scalar fields (``json_schema`` / ``response_format``) is followed by
 guided decoding (:mod:`ember.local._guided`), so even this small model answers in valid JSON.
+
+``ember.local`` is a library below this layer: it takes plain ``{"role", "content"}``
+mappings and raises its own errors (:class:`ember.local.LocalModelError`). This adapter converts
+the request's messages and maps those errors onto the models layer's (a missing GGUF is
+:class:`ModelNotFoundError`, a prompt too long :class:`ContextLengthExceededError`, an
+unsupported or corrupt file a non-retryable :class:`ProviderError`), chained with ``from``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from ember.local import Generation, GenerationConfig, LocalModel, load_model, resolve_model_path, shared_batcher
+from ember.local import (
+    Generation,
+    GenerationConfig,
+    LocalModel,
+    LocalModelError,
+    ModelFileNotFoundError,
+    PromptTooLongError,
+    load_model,
+    resolve_model_path,
+    shared_batcher,
+)
 from ember.local._gguf import read_gguf
 from ember.local._guided import flat_fields, guided_json
 from ember.local._llama import LlamaConfig
-from ember.models._errors import ProviderError, ProviderTimeoutError
-from ember.models._types import ChatRequest, ProviderResult
+from ember.models._errors import (
+    ContextLengthExceededError,
+    ModelError,
+    ModelNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+)
+from ember.models._types import ChatRequest, Message, ProviderResult
 from ember.models.providers._base import Provider, ProviderSettings, register_provider
 
 __all__ = ["LocalProvider"]
@@ -45,10 +69,39 @@ def sample_seed(seed: int | None, sample_index: int) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
+def models_error(exc: LocalModelError, model_id: str) -> ModelError:
+    """The models layer's error for an ``ember.local`` error, keeping its message.
+
+    A missing GGUF is the caller naming a model that is not there (close matches become
+    ``local:`` ids they can paste); a prompt too long is the same error every provider
+    raises for it; anything else (unsupported or corrupt file, bad sampling settings) will
+    fail the same way on retry, so it is a non-retryable :class:`ProviderError`.
+    """
+    if isinstance(exc, ModelFileNotFoundError):
+        return ModelNotFoundError(model_id, [f"local:{name}" for name in exc.known], reason=exc.reason)
+    if isinstance(exc, PromptTooLongError):
+        return ContextLengthExceededError(str(exc), model_id=model_id)
+    return ProviderError(str(exc), model_id=model_id, retryable=False)
+
+
+@contextlib.contextmanager
+def _models_errors(model_id: str) -> Iterator[None]:
+    """Re-raise ``ember.local`` errors as :func:`models_error` does, chained to the original."""
+    try:
+        yield
+    except LocalModelError as exc:
+        raise models_error(exc, model_id) from exc
+
+
+def plain_messages(messages: tuple[Message, ...]) -> tuple[dict[str, str], ...]:
+    """The request's messages as the ``{"role", "content"}`` mappings ``ember.local`` takes."""
+    return tuple({"role": m.role, "content": m.content} for m in messages)
+
+
 @functools.lru_cache(maxsize=32)
 def _gguf_facts(path: Path) -> dict:
     meta = read_gguf(path, tensors=False).metadata
-    config = LlamaConfig.from_metadata(meta, model_id=f"local:{path}")
+    config = LlamaConfig.from_metadata(meta, model=str(path))
     return {"context_window": config.context_length, "name": meta.get("general.name"), "architecture": "llama"}
 
 
@@ -82,6 +135,10 @@ class LocalProvider(Provider):
 
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
         model_id = f"local:{request.model_name}"
+        with _models_errors(model_id):
+            return await self._acomplete(request, model_id)
+
+    async def _acomplete(self, request: ChatRequest, model_id: str) -> ProviderResult:
         path = resolve_model_path(request.model_name, self._aliases)
         # The first call loads the weights (seconds): on a worker thread, never on the loop.
         model = await asyncio.to_thread(load_model, path)
@@ -91,11 +148,12 @@ class LocalProvider(Provider):
         except ValueError as exc:  # out-of-range sampling settings: the caller's to fix
             raise ProviderError(str(exc), model_id=model_id) from exc
         deadline = time.monotonic() + request.timeout
+        messages = plain_messages(request.messages)
         generations: list[Generation] = []
 
         async def step(prefix: str, stop: tuple[str, ...], max_new_tokens: int) -> tuple[str, int]:
             step_config = dataclasses.replace(config, stop=stop, max_new_tokens=max_new_tokens)
-            future = batcher.submit(request.messages, step_config, deadline=deadline, assistant_prefix=prefix)
+            future = batcher.submit(messages, step_config, deadline=deadline, assistant_prefix=prefix)
             try:
                 # A little past the deadline: the row itself stops at the deadline, at the
                 # next decode chunk, and comes back with finish_reason "timeout".
@@ -125,4 +183,5 @@ class LocalProvider(Provider):
 
     def describe_model(self, model_name: str) -> dict:
         """Context window and name from the GGUF metadata (read once per file)."""
-        return dict(_gguf_facts(resolve_model_path(model_name, self._aliases)))
+        with _models_errors(f"local:{model_name}"):
+            return dict(_gguf_facts(resolve_model_path(model_name, self._aliases)))
