@@ -15,9 +15,17 @@ import gguf
 import numpy as np
 import pytest
 
-from ember.local import GenerationConfig, LocalModel, load_model
+from ember.local import (
+    CorruptModelFileError,
+    GenerationConfig,
+    LocalModel,
+    ModelFileNotFoundError,
+    PromptTooLongError,
+    UnsupportedModelError,
+    load_model,
+)
 from ember.local._gguf import read_gguf
-from ember.models._errors import ModelNotFoundError, ProviderError
+from ember.models._errors import ContextLengthExceededError, ModelNotFoundError, ProviderError
 from ember.models._types import ChatRequest, Message
 from ember.models.providers._base import ProviderSettings
 from ember.models.providers.local import LocalProvider
@@ -54,7 +62,9 @@ def reference_logits(tensors: dict[str, np.ndarray], meta: dict, ids: list[int])
 
     causal = np.tril(np.ones((n, n), bool))
     for i in range(n_layers):
-        w = lambda name, i=i: t[f"blk.{i}.{name}.weight"].astype(np.float64)
+        def w(name, i=i):
+            return t[f"blk.{i}.{name}.weight"].astype(np.float64)
+
         h = _rms(x, w("attn_norm"), eps)
         q = rope_pairs((h @ w("attn_q").T).reshape(n, n_head, hd))
         k = rope_pairs((h @ w("attn_k").T).reshape(n, n_kv, hd))
@@ -232,22 +242,44 @@ def test_config_alias_names_a_gguf(tiny_path):
 def test_non_llama_architecture_is_a_typed_error(tmp_path):
     path = tmp_path / "gpt2.gguf"
     write_tiny_llama(path, arch="gpt2")
-    with pytest.raises(ProviderError, match="architecture is 'gpt2'"):
+    with pytest.raises(UnsupportedModelError, match="architecture is 'gpt2'"):
         LocalModel(path)
     provider = LocalProvider(ProviderSettings(name="local", kind="local"))
-    with pytest.raises(ProviderError, match="Llama-architecture"):
+    with pytest.raises(ProviderError, match="Llama-architecture") as err:
         provider.describe_model(str(path))
+    assert not err.value.retryable and isinstance(err.value.__cause__, UnsupportedModelError)
 
 
 def test_missing_file_is_model_not_found(tmp_path):
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(ModelFileNotFoundError, match="No GGUF file"):
+        read_gguf(missing)
     provider = LocalProvider(ProviderSettings(name="local", kind="local"))
-    request = ChatRequest(model_name=str(tmp_path / "nope.gguf"), messages=(Message("user", "hi"),))
-    with pytest.raises(ModelNotFoundError, match="no file exists"):
+    request = ChatRequest(model_name=str(missing), messages=(Message("user", "hi"),))
+    with pytest.raises(ModelNotFoundError, match="no file exists") as err:
         asyncio.run(provider.acomplete(request))
+    assert isinstance(err.value.__cause__, ModelFileNotFoundError)
 
 
-def test_not_a_gguf_file_is_a_provider_error(tmp_path):
+def test_not_a_gguf_file_is_a_corrupt_file_error(tmp_path):
     path = tmp_path / "junk.gguf"
     path.write_bytes(b"not a gguf file at all")
-    with pytest.raises(ProviderError, match="not a readable GGUF"):
+    with pytest.raises(CorruptModelFileError, match="not a readable GGUF"):
         load_model(path)
+    provider = LocalProvider(ProviderSettings(name="local", kind="local"))
+    request = ChatRequest(model_name=str(path), messages=(Message("user", "hi"),))
+    with pytest.raises(ProviderError, match="not a readable GGUF") as err:
+        asyncio.run(provider.acomplete(request))
+    assert not err.value.retryable and isinstance(err.value.__cause__, CorruptModelFileError)
+
+
+def test_prompt_longer_than_the_context_is_typed_in_both_layers(tiny_path):
+    model = LocalModel(tiny_path)
+    with pytest.raises(PromptTooLongError) as err:
+        model.generate_tokens([[5] * 256])  # the tiny model's context is 256 tokens
+    assert (err.value.prompt_tokens, err.value.context_window) == (256, 256)
+    provider = LocalProvider(ProviderSettings(name="local", kind="local"))
+    request = ChatRequest(model_name=str(tiny_path), messages=(Message("user", "the " * 300),), max_tokens=4)
+    with pytest.raises(ContextLengthExceededError, match="context window is 256") as err:
+        asyncio.run(provider.acomplete(request))
+    assert isinstance(err.value.__cause__, PromptTooLongError)

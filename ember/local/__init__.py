@@ -9,11 +9,21 @@ Llama-architecture GGUF file with a byte-level BPE tokenizer works too::
     answer.text                               # 'The capital of France is Paris.'
 
 Many prompts go through one batched generation; pass ``mesh=`` to split the batch over
-devices. The ``local`` model provider (``local:smollm2-135m-instruct``) serves requests
-through :class:`MicroBatcher`, which groups concurrent requests into such batches.
+devices. Prompts are strings or ``{"role", "content"}`` mappings; failures are
+:class:`LocalModelError` subclasses. The ``local`` model provider
+(``local:smollm2-135m-instruct``) serves requests through :class:`MicroBatcher`, which
+groups concurrent requests into such batches and maps these errors onto the models layer's.
 """
 
 from ember.local._batcher import MicroBatcher, shared_batcher
+from ember.local._errors import (
+    CorruptModelFileError,
+    InvalidGenerationConfigError,
+    LocalModelError,
+    ModelFileNotFoundError,
+    PromptTooLongError,
+    UnsupportedModelError,
+)
 from ember.local._generate import Generation, GenerationConfig, GenerationStats
 from ember.local._model import LocalModel, Prompt, default_dtype, load_model
 from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_path
@@ -21,12 +31,18 @@ from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_pat
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
+    "CorruptModelFileError",
     "Generation",
     "GenerationConfig",
     "GenerationStats",
+    "InvalidGenerationConfigError",
     "LocalModel",
+    "LocalModelError",
     "MicroBatcher",
+    "ModelFileNotFoundError",
     "Prompt",
+    "PromptTooLongError",
+    "UnsupportedModelError",
     "default_dtype",
     "load_model",
     "resolve_model_path",

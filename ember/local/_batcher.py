@@ -20,9 +20,9 @@ import threading
 import time
 from concurrent.futures import Future
 
+from ember.local._errors import PromptTooLongError
 from ember.local._generate import Generation, GenerationConfig
 from ember.local._model import LocalModel, Prompt
-from ember.models._errors import ContextLengthExceededError
 
 __all__ = ["MicroBatcher", "shared_batcher"]
 
@@ -54,7 +54,8 @@ class MicroBatcher:
     def submit(
         self, prompt: Prompt, config: GenerationConfig, *, deadline: float | None = None, assistant_prefix: str = ""
     ) -> Future[Generation]:
-        """Queue one prompt; the future resolves to its :class:`Generation` (or its error).
+        """Queue one prompt; the future resolves to its :class:`Generation` (or its error:
+        :class:`PromptTooLongError` for a prompt that does not fit the context window).
 
         ``deadline`` (a ``time.monotonic()`` instant) stops the row with ``finish_reason``
         ``"timeout"``. Cancelling the future before its batch starts drops the request.
@@ -108,10 +109,7 @@ class MicroBatcher:
             try:
                 prompt_ids = model.encode(p.prompt, assistant_prefix=p.assistant_prefix)
                 if len(prompt_ids) >= model.context_window:
-                    raise ContextLengthExceededError(
-                        f"the prompt has {len(prompt_ids)} tokens; the context window is {model.context_window}",
-                        model_id=model.model_id,
-                    )
+                    raise PromptTooLongError(len(prompt_ids), model.context_window, model=str(model.path))
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone
                 p.future.set_exception(exc)
                 continue

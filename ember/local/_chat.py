@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ember.models._errors import ProviderError
-from ember.models._types import Message
+from ember.local._errors import UnsupportedModelError
 
 __all__ = ["ChatFormat", "chat_format_from_template"]
 
@@ -30,13 +29,14 @@ class ChatFormat:
     default_system: str | None = None
     strip_content: bool = False
 
-    def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of ``{"role", "content"}`` messages (checked by the caller)."""
         parts = []
-        if self.default_system is not None and (not messages or messages[0].role != "system"):
+        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
             parts.append(self.turn_start.format(role="system") + self.default_system + self.turn_end)
         for m in messages:
-            content = m.content.strip() if self.strip_content else m.content
-            parts.append(self.turn_start.format(role=m.role) + content + self.turn_end)
+            content = m["content"].strip() if self.strip_content else m["content"]
+            parts.append(self.turn_start.format(role=m["role"]) + content + self.turn_end)
         if add_generation_prompt:
             parts.append(self.turn_start.format(role="assistant"))
         return "".join(parts)
@@ -50,17 +50,18 @@ def _template_default_system(template: str, header: str, end: str) -> str | None
     return match.group(1)
 
 
-def chat_format_from_template(template: str | None, *, model_id: str) -> ChatFormat:
+def chat_format_from_template(template: str | None, *, model: str | None = None) -> ChatFormat:
     """The :class:`ChatFormat` of a GGUF's Jinja ``template``; ChatML when there is none
-    (llama.cpp's default too)."""
+    (llama.cpp's default too). Raises :class:`UnsupportedModelError` for another family;
+    ``model`` only names the file in that error."""
     if template is None or "<|im_start|>" in template:
         chatml = ChatFormat("chatml", "<|im_start|>{role}\n", "<|im_end|>\n")
         default = _template_default_system(template or "", "<|im_start|>system", "<|im_end|>")
         return dataclasses.replace(chatml, default_system=default)
     if "<|start_header_id|>" in template and "<|eot_id|>" in template:
         return ChatFormat("llama3", "<|start_header_id|>{role}<|end_header_id|>\n\n", "<|eot_id|>", strip_content=True)
-    raise ProviderError(
-        "the model's chat template is not one the local provider can render (ChatML, Llama 3); "
+    raise UnsupportedModelError(
+        "the model's chat template is not one ember.local can render (ChatML, Llama 3); "
         f"it begins {template[:80]!r}. Use LocalModel.generate(..., chat=False) with a prompt you format yourself",
-        model_id=model_id,
+        model=model,
     )

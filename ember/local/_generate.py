@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ember.local._errors import InvalidGenerationConfigError, PromptTooLongError
 from ember.local._llama import KVCache, LlamaConfig, LlamaParams, forward, init_cache, unembed
 from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams, sample, seed_words
 from ember.local._tokenizer import GGUFTokenizer
@@ -64,16 +65,17 @@ class GenerationConfig:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        """Reject out-of-range settings here, at construction, not deep inside a batch."""
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise InvalidGenerationConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise InvalidGenerationConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise InvalidGenerationConfigError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InvalidGenerationConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
-            raise ValueError("stop strings must be non-empty")
+            raise InvalidGenerationConfigError("stop strings must be non-empty")
 
     @property
     def filters(self) -> bool:
@@ -285,7 +287,7 @@ def generate_tokens(
             raise ValueError("cannot continue an empty prompt")
         room = config.context_length - len(ids)
         if room < 1:
-            raise ValueError(f"prompt of {len(ids)} tokens leaves no room in the {config.context_length}-token context")
+            raise PromptTooLongError(len(ids), config.context_length)
         rows.append(_Row(len(ids), cfg, min(cfg.max_new_tokens, room), deadline))
 
     devices = 1 if mesh is None else mesh.shape[axis]

@@ -18,7 +18,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from ember.models._errors import ModelNotFoundError, ProviderError
+from ember.local._errors import CorruptModelFileError, ModelFileNotFoundError
 
 __all__ = ["GGUFContents", "read_gguf"]
 
@@ -52,16 +52,17 @@ class GGUFContents:
 def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFContents:
     """Parse ``path``; with ``tensors=True`` dequantize every tensor to float32.
 
-    Raises :class:`ModelNotFoundError` for a missing file and :class:`ProviderError` for a
-    file that is not GGUF or holds a quantization type the ``gguf`` package cannot decode.
+    Raises :class:`ModelFileNotFoundError` for a missing file and
+    :class:`CorruptModelFileError` for a file that is not GGUF or holds a quantization type
+    the ``gguf`` package cannot decode.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelNotFoundError(f"local:{path}", reason=f"No GGUF file at {str(path)!r}.")
+        raise ModelFileNotFoundError(str(path), f"No GGUF file at {str(path)!r}.")
     try:
         reader = _FastReader(path)
     except ValueError as exc:  # gguf raises ValueError for a bad magic or version
-        raise ProviderError(f"{str(path)!r} is not a readable GGUF file: {exc}", model_id=f"local:{path}") from exc
+        raise CorruptModelFileError(f"{str(path)!r} is not a readable GGUF file: {exc}", model=str(path)) from exc
     metadata = {name: field.contents() for name, field in reader.fields.items()}
     out: dict[str, np.ndarray] = {}
     stored_types = {t.name: t.tensor_type.name for t in reader.tensors}
@@ -70,10 +71,10 @@ def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFContents:
             try:
                 array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
             except NotImplementedError as exc:
-                raise ProviderError(
+                raise CorruptModelFileError(
                     f"tensor {tensor.name!r} of {str(path)!r} uses {tensor.tensor_type.name}, which the gguf "
                     f"package cannot dequantize: {exc}",
-                    model_id=f"local:{path}",
+                    model=str(path),
                 ) from exc
             out[tensor.name] = np.asarray(array, dtype=np.float32)
     return GGUFContents(

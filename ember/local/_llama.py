@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ember.models._errors import ProviderError
+from ember.local._errors import UnsupportedModelError
 
 __all__ = ["KVCache", "LayerParams", "LlamaConfig", "LlamaParams", "forward", "init_cache", "params_from_gguf", "unembed"]
 
@@ -50,24 +50,28 @@ class LlamaConfig:
     context_length: int
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, Any], *, model_id: str) -> LlamaConfig:
+    def from_metadata(cls, meta: Mapping[str, Any], *, model: str | None = None) -> LlamaConfig:
+        """Read the ``llama.*`` keys; raises :class:`UnsupportedModelError` for a file this
+        decoder cannot run (``model`` only names the file in that error)."""
         arch = meta.get("general.architecture")
         if arch != "llama":
-            raise ProviderError(
-                f"the local provider runs Llama-architecture GGUF models; this file's architecture is {arch!r}",
-                model_id=model_id,
+            raise UnsupportedModelError(
+                f"ember.local runs Llama-architecture GGUF models; this file's architecture is {arch!r}",
+                model=model,
             )
         if int(meta.get("llama.expert_count", 0) or 0) > 0:
-            raise ProviderError("mixture-of-experts Llama models are not supported by the local provider", model_id=model_id)
+            raise UnsupportedModelError("mixture-of-experts Llama models are not supported by ember.local", model=model)
         n_heads = int(meta["llama.attention.head_count"])
         dim = int(meta["llama.embedding_length"])
         head_dim = int(meta.get("llama.attention.key_length", dim // n_heads))
         rope_dims = int(meta.get("llama.rope.dimension_count", head_dim))
         if rope_dims != head_dim:
-            raise ProviderError(f"partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", model_id=model_id)
+            raise UnsupportedModelError(
+                f"partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", model=model
+            )
         scaling = meta.get("llama.rope.scaling.type", "none")
         if scaling not in ("none", "linear"):
-            raise ProviderError(f"RoPE scaling {scaling!r} is not supported (only linear)", model_id=model_id)
+            raise UnsupportedModelError(f"RoPE scaling {scaling!r} is not supported (only linear)", model=model)
         vocab = meta.get("llama.vocab_size") or len(meta["tokenizer.ggml.tokens"])
         return cls(
             vocab_size=int(vocab),

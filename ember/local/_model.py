@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,11 @@ from ember.local._chat import ChatFormat, chat_format_from_template
 from ember.local._generate import Generation, GenerationConfig, GenerationStats, bucket, generate_tokens, prompt_bucket
 from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
+from ember.local._messages import Prompt, normalize_messages
 from ember.local._paths import resolve_model_path
 from ember.local._tokenizer import GGUFTokenizer
-from ember.models._types import Message, normalize_messages
 
 __all__ = ["LocalModel", "Prompt", "default_dtype", "load_model"]
-
-#: A prompt: plain text (a user turn when ``chat=True``) or a list of chat messages.
-Prompt = str | Sequence[Message | Mapping[str, str]]
 
 # Used when a GGUF has no general.sampling.* metadata: the values SmolLM2's model card
 # recommends (temperature 0.2, top_p 0.9).
@@ -54,14 +51,13 @@ class LocalModel:
 
     def __init__(self, path: str | os.PathLike, *, dtype: Any = None) -> None:
         path = Path(path)
-        self.model_id = f"local:{path}"
         contents = read_gguf(path)
         meta = contents.metadata
         self.path = path
         self.metadata = {k: v for k, v in meta.items() if not k.startswith("tokenizer.ggml.")}
-        self.config = LlamaConfig.from_metadata(meta, model_id=self.model_id)
-        self.tokenizer = GGUFTokenizer(meta, model_id=self.model_id)
-        self.chat_format: ChatFormat = chat_format_from_template(meta.get("tokenizer.chat_template"), model_id=self.model_id)
+        self.config = LlamaConfig.from_metadata(meta, model=str(path))
+        self.tokenizer = GGUFTokenizer(meta, model=str(path))
+        self.chat_format: ChatFormat = chat_format_from_template(meta.get("tokenizer.chat_template"), model=str(path))
         self.dtype = jnp.dtype(dtype if dtype is not None else default_dtype())
         self.params: LlamaParams = params_from_gguf(contents.tensors, self.config, self.dtype)
         self.param_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
@@ -87,6 +83,8 @@ class LocalModel:
 
     def encode(self, prompt: Prompt, *, chat: bool = True, assistant_prefix: str = "") -> list[int]:
         """Token ids of ``prompt``: through the chat template when ``chat``, else as raw text.
+
+        A chat prompt is a string (one user turn) or ``{"role", "content"}`` mappings.
 
         ``assistant_prefix`` starts the assistant's reply, so generation continues it (guided
         decoding forces the JSON around each field this way).

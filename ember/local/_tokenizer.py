@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-from ember.models._errors import ProviderError
+from ember.local._errors import UnsupportedModelError
 
 __all__ = ["GGUFTokenizer"]
 
@@ -46,18 +46,23 @@ def _pre_tokenizer(name: str) -> tuple[pre_tokenizers.PreTokenizer, bool] | None
 class GGUFTokenizer:
     """Encode and decode text for one GGUF model; knows its special token ids."""
 
-    def __init__(self, meta: Mapping[str, Any], *, model_id: str) -> None:
+    def __init__(self, meta: Mapping[str, Any], *, model: str | None = None) -> None:
+        """Build from GGUF metadata; ``model`` only names the file in errors.
+
+        Raises :class:`UnsupportedModelError` for a tokenizer that is not byte-level BPE
+        or a pre-tokenizer name we have no splitting rules for.
+        """
         kind = meta.get("tokenizer.ggml.model")
         if kind != "gpt2":
-            raise ProviderError(
-                f"tokenizer model {kind!r} is not supported by the local provider; it reads byte-level BPE "
+            raise UnsupportedModelError(
+                f"tokenizer model {kind!r} is not supported by ember.local; it reads byte-level BPE "
                 "('gpt2') tokenizers, as used by SmolLM2 and Llama 3",
-                model_id=model_id,
+                model=model,
             )
         pre_name = meta.get("tokenizer.ggml.pre", "gpt-2")
         pre = _pre_tokenizer(pre_name)
         if pre is None:
-            raise ProviderError(f"unknown GGUF pre-tokenizer {pre_name!r}", model_id=model_id)
+            raise UnsupportedModelError(f"unknown GGUF pre-tokenizer {pre_name!r}", model=model)
         tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
         merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
         pre_tokenizer, ignore_merges = pre
