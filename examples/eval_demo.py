@@ -11,7 +11,7 @@ are micro-batched. Prints the comparison table and writes ``reports/eval_demo.{j
 Every finished item is journaled under ``ember_runs/``: interrupt it and run it again to
 resume where it stopped.
 
-    python examples/eval_demo.py [--items 12] [--max-tokens 12]
+    python examples/eval_demo.py [--items 8] [--max-tokens 10] [--judge-tokens 48]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ def main() -> None:
     from rich.console import Console
 
     from ember.config import get_config_manager
-    from ember.core.app_context import get_app_context
     from ember.data import INSTRUCTIONS, DataService, RandomSampler
     from ember.eval import (
         ExactMatchEvaluator,
@@ -41,7 +40,6 @@ def main() -> None:
         NumericEvaluator,
         OperatorSystem,
         RoutedEvaluator,
-        TrackedService,
         compare_systems,
         comparison_table,
         write_report,
@@ -56,13 +54,10 @@ def main() -> None:
         "model_registry", {"providers": {"local": {"max_concurrency": 32, "timeout": 900}}}
     )
     data = DataService().load_dataset("minibench", sampler=RandomSampler(args.items, seed=0))
-    # Operators call the model through a TrackedService, so each item's cost is its own calls'.
-    service = TrackedService(get_app_context().model_service)
-
     def ensemble() -> UniformEnsemble:
-        return UniformEnsemble(num_units=5, model_name=MODEL, temperature=0.7, max_tokens=args.max_tokens, model_service=service)
+        return UniformEnsemble(num_units=5, model_name=MODEL, temperature=0.7, max_tokens=args.max_tokens)
 
-    judge = JudgeSynthesis(model_name=MODEL, temperature=0.0, max_tokens=args.judge_tokens, model_service=service)
+    judge = JudgeSynthesis(model_name=MODEL, temperature=0.0, max_tokens=args.judge_tokens)
     systems = {
         "single": ModelSystem(MODEL, temperature=0.0, max_tokens=args.max_tokens),
         "ensemble+vote": OperatorSystem(Sequential([ensemble(), MostCommon()]), name="ensemble+vote"),

@@ -127,18 +127,20 @@ def test_kill_9_then_resume_calls_no_finished_item_again(loopback_models, tmp_pa
     assert key(resumed) == key(clean) and resumed.metrics == clean.metrics
 
 
-def test_operator_costs_are_known_only_when_every_call_is_tracked(loopback_models):
-    from ember.eval import OperatorSystem, TrackedService
+def test_operator_costs_are_measured_however_the_operator_was_built(loopback_models):
+    from ember.eval import OperatorSystem
     from ember.non import UniformEnsemble
     from ember.operators import MostCommon, Sequential
 
-    tracked = TrackedService(loopback_models.service)
-    mine = OperatorSystem(Sequential([UniformEnsemble(num_units=3, model_name=MODEL, model_service=tracked), MostCommon()]))
-    foreign = OperatorSystem(Sequential([UniformEnsemble(num_units=3, model_name=MODEL), MostCommon()]))
-    results = compare_systems(ARITHMETIC[:4], {"mine": mine, "foreign": foreign}, [NumericEvaluator()], progress=False)
-    assert results["mine"].cost_usd > 0 and [r.calls for r in results["mine"].records] == [3] * 4
-    assert results["foreign"].cost_usd is None and results["foreign"].cost_label == "unknown"
-    assert results["mine"].accuracy == results["foreign"].accuracy == 1.0
+    explicit = OperatorSystem(
+        Sequential([UniformEnsemble(num_units=3, model_name=MODEL, model_service=loopback_models.service), MostCommon()])
+    )
+    default = OperatorSystem(Sequential([UniformEnsemble(num_units=3, model_name=MODEL), MostCommon()]))
+    results = compare_systems(ARITHMETIC[:4], {"explicit": explicit, "default": default}, [NumericEvaluator()], progress=False)
+    for label in ("explicit", "default"):
+        assert results[label].cost_usd > 0 and [r.calls for r in results[label].records] == [3] * 4
+    assert results["explicit"].cost_usd == pytest.approx(results["default"].cost_usd)
+    assert results["explicit"].accuracy == results["default"].accuracy == 1.0
 
 
 def test_unusable_judge_output_fails_the_item_and_resume_retries_it(loopback_models, tmp_path):
@@ -151,7 +153,7 @@ def test_unusable_judge_output_fails_the_item_and_resume_retries_it(loopback_mod
     assert first.cost_usd == pytest.approx(loopback_models.service.usage_service.total().cost_usd)
 
     server.responder = lambda request: (
-        '{"reasoning": "agreed", "final_answer": "%d"}' % (int(request.last_user_message.split("What is ")[1].split()[0]) + 1)
+        f'{{"reasoning": "agreed", "final_answer": "{int(request.last_user_message.split("What is ")[1].split()[0]) + 1}"}}'
         if "judge" in request.last_user_message
         else "x"
     )

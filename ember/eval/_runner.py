@@ -11,18 +11,27 @@ Design, and why:
   skips committed items and retries errored ones. Results are computed from the journal
   in dataset order, so an interrupted-and-resumed run ends with the same numbers.
 - *Budget.* With a :class:`CostBudget`, no item starts once it is spent; the results say so.
+- *Exact cost.* Each item runs in a usage scope that every model call below it reports
+  to, whatever the system; a failed item keeps the usage of the calls that were answered.
+- *Stopping.* Each item also runs in a cancel scope: when the run is cancelled (Ctrl-C,
+  another worker's failure), the item's calls are cancelled on the I/O loop, so the
+  process stops within a second instead of waiting out slow requests. Items committed
+  before that stay in the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ember._runtime import UsageScope, open_scope
 from ember.data import Dataset, DatasetError, DatasetItem
 from ember.eval._budget import CostBudget
 from ember.eval._evaluator import Evaluator
@@ -31,11 +40,36 @@ from ember.eval._metrics import bootstrap_ci, percentiles
 from ember.eval._progress import ProgressDisplay
 from ember.eval._results import EvaluationResults, ItemRecord, RecordView
 from ember.eval._systems import System, SystemFailure
-from ember.models import BudgetExceededError, ProviderError, UsageStats
+from ember.models import BudgetExceededError, ProviderError
 
-__all__ = ["Run", "PromptSpec", "render_prompt"]
+__all__ = ["Run", "RunOptions", "PromptSpec", "render_prompt"]
 
 PromptSpec = str | Callable[[DatasetItem], str] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run goes, as one value: what :class:`~ember.eval.EvaluationPipeline` and
+    :func:`~ember.eval.compare_systems` take as keywords.
+
+    - ``prompt``: how an item becomes text (see :func:`render_prompt`);
+    - ``concurrency``: items in flight (model calls are bounded by the models layer);
+    - ``journal``: a path (resumable) or a :class:`Journal`; ``None`` keeps it in memory;
+    - ``budget``: a :class:`CostBudget` or a number of USD;
+    - ``progress``: ``None`` shows a bar on terminals;
+    - ``service``: the :class:`~ember.models.ModelService` for systems named by model id.
+    """
+
+    prompt: PromptSpec = None
+    concurrency: int = 32
+    journal: Journal | str | Path | None = None
+    budget: CostBudget | float | None = None
+    progress: bool | None = None
+    service: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ValueError(f"concurrency must be an integer >= 1, got {self.concurrency!r}")
 
 
 def render_prompt(item: DatasetItem, prompt: PromptSpec) -> str:
@@ -67,25 +101,28 @@ class Run:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset | Sequence[DatasetItem],
         systems: Mapping[str, System],
         evaluators: Sequence[Evaluator],
-        *,
-        prompt: PromptSpec,
-        concurrency: int,
-        journal: Journal,
-        budget: CostBudget | None,
-        progress: bool | None,
-        stats: Any,
+        options: RunOptions,
     ) -> None:
         if not evaluators:
             raise ValueError("at least one evaluator is needed")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.dataset, self.systems, self.evaluators = dataset, dict(systems), list(evaluators)
+        self.dataset = dataset if isinstance(dataset, Dataset) else Dataset.from_items(dataset)
+        self.systems, self.evaluators = dict(systems), list(evaluators)
         self.names = _unique_names(self.evaluators)
-        self.prompt, self.concurrency, self.journal, self.budget = prompt, concurrency, journal, budget
-        self.progress_enabled, self.stats = progress, stats
+        self.prompt, self.concurrency = options.prompt, options.concurrency
+        journal, budget = options.journal, options.budget
+        self.journal = journal if isinstance(journal, Journal) else Journal(journal if journal is not None else ":memory:")
+        self.budget = CostBudget(budget) if isinstance(budget, (int, float)) else budget
+        self.progress_enabled, self.stats = options.progress, None
+        if options.progress is not False:  # the progress bar reads the service's live retry counters
+            service = options.service
+            if service is None:
+                from ember._context import get_app_context
+
+                service = get_app_context().model_service
+            self.stats = service.stats
         self.stopped: str | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -109,19 +146,28 @@ class Run:
 
     async def _score(self, position: int, item: DatasetItem, name: str, system: System) -> ItemRecord:
         started = time.perf_counter()
-        try:
-            output = await system.arun(render_prompt(item, self.prompt))
-        except BudgetExceededError:
-            raise
-        except (ProviderError, SystemFailure) as error:  # failed after the service's retries: journal, retry on resume
-            latency = time.perf_counter() - started
-            usage: UsageStats = getattr(error, "usage", UsageStats())  # failed HTTP calls are not billed
-            return ItemRecord(
-                name, item.id, position, None, {}, {}, {}, latency, usage.cost_usd, usage.input_tokens,
-                usage.output_tokens, getattr(error, "calls", 1), error.attempts, str(error),
-            )  # fmt: skip
+        with UsageScope() as used, open_scope() as scope:
+            try:
+                output = await system.arun(render_prompt(item, self.prompt))
+            except BudgetExceededError:
+                raise
+            except (ProviderError, SystemFailure) as error:  # failed after the service's retries: journal, retry on resume
+                latency = time.perf_counter() - started
+                usage = used.usage  # the calls that were answered; failed requests are not billed
+                return ItemRecord(
+                    name, item.id, position, None, {}, {}, {}, latency, usage.cost_usd, usage.input_tokens,
+                    usage.output_tokens, used.calls + used.failed or 1, max(used.attempts, getattr(error, "attempts", 1)),
+                    str(error),
+                )  # fmt: skip
+            except BaseException:  # cancelled (Ctrl-C, a failed sibling worker): stop this item's calls now
+                scope.cancel("the evaluation run was cancelled")
+                raise
         latency = time.perf_counter() - started
-        scores, correct, details, usage = {}, {}, {}, output.usage
+        if used.calls or used.failed:  # measured: every call made through Ember
+            usage, calls, attempts = used.usage, used.calls + used.failed, used.attempts
+        else:  # no call went through Ember: what the system says it cost
+            usage, calls, attempts = output.usage, output.calls, output.attempts
+        scores, correct, details = {}, {}, {}
         for metric, evaluator in zip(self.names, self.evaluators):
             result = await evaluator.aevaluate(output.text, item)
             scores[metric], correct[metric] = float(result.score), bool(result.is_correct)
@@ -131,7 +177,7 @@ class Run:
                 usage = usage + result.usage
         return ItemRecord(
             name, item.id, position, output.text, scores, correct, details, latency, usage.cost_usd,
-            usage.input_tokens, usage.output_tokens, output.calls, output.attempts,
+            usage.input_tokens, usage.output_tokens, calls, attempts,
         )  # fmt: skip
 
     async def run(self) -> dict[str, EvaluationResults]:

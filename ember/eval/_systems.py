@@ -4,20 +4,27 @@ A system is a model id (one call), a NON operator or compact-notation string (a 
 of calls), or a plain function. The pipeline awaits ``system.arun(prompt)`` for each item;
 model calls inside go through the shared :class:`ModelService`, whose I/O loop holds the
 process-wide concurrency and rate budget — the pipeline only decides how many *items* are
-in flight, never how many calls. A synchronous function runs on a thread, so it cannot
-stall the other items.
+in flight, never how many calls. A synchronous function runs on a thread (in a copy of the
+item's context), so it cannot stall the other items.
+
+What an item cost is measured, not reported: the pipeline runs each item in a usage scope
+(:class:`ember._runtime.UsageScope`) that every model call reports to. A system's own
+``SystemOutput.usage`` is used only when no call went through Ember (a system that calls
+some other API and knows its cost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ember.models import EmberError, ModelResponse, UsageStats
+from ember._runtime import EmberError, UsageStats
+from ember.models import ModelResponse
 
 if TYPE_CHECKING:
     from ember.models import ModelService
@@ -28,14 +35,13 @@ __all__ = ["SystemOutput", "SystemFailure", "System", "ModelSystem", "FunctionSy
 class SystemFailure(EmberError):
     """A system failed on one item (e.g. a model's output could not be used): journaled as an error, retried on resume."""
 
-    def __init__(self, message: str, *, attempts: int = 1, calls: int = 1, usage: UsageStats | None = None) -> None:
-        self.attempts, self.calls, self.usage = attempts, calls, usage or UsageStats()
-        super().__init__(message)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SystemOutput:
-    """An answer with what it cost: usage summed over ``calls`` model calls, ``attempts`` tries."""
+    """An answer, with what it cost when the system knows (calls made outside Ember).
+
+    Calls made through Ember are measured by the pipeline; these fields are for the rest.
+    """
 
     text: str
     usage: UsageStats = dataclasses.field(default_factory=UsageStats)
@@ -83,7 +89,7 @@ class ModelSystem:
 
     async def arun(self, prompt: str) -> SystemOutput:
         response = await self.service.ainvoke_model(self.model_id, prompt, **self.params)
-        return SystemOutput(response.text, response.usage, 1, response.attempts)
+        return SystemOutput(response.text)
 
     def __repr__(self) -> str:
         return f"ModelSystem({self.model_id!r})"
@@ -106,7 +112,8 @@ class FunctionSystem:
         if self._is_async:
             return SystemOutput.of(await self.fn(prompt))
         loop = asyncio.get_running_loop()
-        return SystemOutput.of(await loop.run_in_executor(self.executor, self.fn, prompt))
+        context = contextvars.copy_context()  # the item's usage and cancel scopes reach the thread
+        return SystemOutput.of(await loop.run_in_executor(self.executor, context.run, self.fn, prompt))
 
     def __repr__(self) -> str:
         return f"FunctionSystem({self.name!r})"
@@ -117,9 +124,11 @@ def as_system(system: Any, *, name: str | None = None, service: ModelService | N
     if isinstance(system, System):
         return system
     if isinstance(system, str):
-        from ember.eval._operator_system import OperatorSystem, is_compact_notation
+        from ember.non import is_notation
 
-        if is_compact_notation(system):  # sampling settings live in the notation itself
+        if is_notation(system):  # sampling settings live in the notation itself
+            from ember.eval._operator_system import OperatorSystem
+
             return OperatorSystem.from_notation(system, name=name, service=service)
         return ModelSystem(system, service=service, name=name, **params)
     from ember.eval._operator_system import OperatorSystem, is_operator

@@ -43,10 +43,21 @@ verdicts of two judged ensembles, and ``["$net", "$net", "1:V:m:0"]`` with
 
 Any malformed notation raises :class:`NotationError`, which names where the bad node is
 (``graph[1][0]``) and points at the offending token.
+
+On a command line, notation is one string: :func:`parse_notation` reads a list literal
+(``'["5:E:m:0.7", "1:MC"]'``) or comma-separated nodes (``"5:E:m:0.7,1:MC"``), and
+:func:`is_notation` tells notation from a plain model id:
+
+>>> parse_notation("5:E:openai:gpt-4o:0.7,1:MC")
+['5:E:openai:gpt-4o:0.7', '1:MC']
+>>> is_notation("5:E:openai:gpt-4o:0.7"), is_notation("openai:gpt-4o")
+(True, False)
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -58,16 +69,60 @@ from ember.operators import JudgeSynthesis, MostCommon, Operator, Parallel, Sele
 if TYPE_CHECKING:
     from ember.models import ModelService
 
-__all__ = ["NotationError", "build_graph"]
+__all__ = ["NODE_TYPES", "NodeType", "NotationError", "build_graph", "is_notation", "parse_notation"]
 
+
+@dataclasses.dataclass(frozen=True)
+class NodeType:
+    """One TYPE of the notation: the operator it builds and what it produces."""
+
+    code: str
+    operator: type[Operator]
+    produces: str
+    #: Whether the node is ``COUNT:TYPE:MODEL:TEMP`` (else just ``1:TYPE``).
+    needs_model: bool = True
+    #: Whether COUNT may exceed 1 (an ensemble's number of samples).
+    counted: bool = False
+
+
+#: The one table of node types: the builder, the grammar's checks and :func:`is_notation` read it.
+NODE_TYPES: dict[str, NodeType] = {
+    t.code: t
+    for t in (
+        NodeType("E", UniformEnsemble, "responses", counted=True),
+        NodeType("J", JudgeSynthesis, "final_answer, reasoning"),
+        NodeType("S", Synthesis, "final_answer"),
+        NodeType("B", SelectBest, "final_answer"),
+        NodeType("V", Verifier, "verdict, explanation, revised_answer"),
+        NodeType("MC", MostCommon, "final_answer", needs_model=False),
+    )
+}
 MAX_COUNT = 1024
 MAX_DEPTH = 32
-_MODEL_TYPES = {"J": JudgeSynthesis, "S": Synthesis, "B": SelectBest, "V": Verifier}
-_TYPES = sorted([*_MODEL_TYPES, "E", "MC"])
+_TYPES = sorted(NODE_TYPES)
+_NODE_START = re.compile(rf"^[0-9]+:({'|'.join(sorted(NODE_TYPES, key=len, reverse=True))})(:|$)")
 _COUNT = re.compile(r"[0-9]+")
 _TEMP = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 Notation = str | Sequence[Any]
+
+
+def is_notation(text: str) -> bool:
+    """Whether ``text`` is compact notation (a node, nodes joined by commas, or a list literal)."""
+    text = text.strip()
+    return text.startswith("[") or bool(_NODE_START.match(text))
+
+
+def parse_notation(text: str) -> Notation:
+    """The notation object :func:`build_graph` takes, from its one-string form."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError) as error:
+            raise NotationError(f"not a valid list literal: {error}", where="notation") from None
+    nodes = [node.strip() for node in text.split(",")]
+    return nodes[0] if len(nodes) == 1 else nodes
 
 
 class NotationError(EmberError, ValueError):
@@ -176,14 +231,16 @@ class _Builder:
         if len(fields) < 2:
             raise fail("missing TYPE after COUNT", 1)
         kind = fields[1]
-        if kind not in _TYPES:
+        node_type = NODE_TYPES.get(kind)
+        if node_type is None:
             raise fail(f"unknown TYPE {kind!r}; known types: {', '.join(_TYPES)}", 1)
-        if kind != "E" and count != 1:
-            raise fail(f"COUNT must be 1 for type {kind} (only E takes a count)", 0)
-        if kind == "MC":
+        if not node_type.counted and count != 1:
+            counted = ", ".join(t.code for t in NODE_TYPES.values() if t.counted)
+            raise fail(f"COUNT must be 1 for type {kind} (only {counted} takes a count)", 0)
+        if not node_type.needs_model:
             if len(fields) > 2:
-                raise fail("MC takes no MODEL or TEMP", 2, width=len(text) - column[2])
-            return MostCommon(), False
+                raise fail(f"{kind} takes no MODEL or TEMP", 2, width=len(text) - column[2])
+            return node_type.operator(), False
         if len(fields) < 4:
             raise fail(f"type {kind} needs MODEL and TEMP (form: {count}:{kind}:MODEL:TEMP)", len(fields))
         model = ":".join(fields[2:-1])
@@ -197,6 +254,6 @@ class _Builder:
                 f"TEMP must be a number from 0 to 2, got {temp!r} (the last field is the temperature)", len(fields) - 1
             )
         settings = {"model_name": model, "temperature": float(temp), "model_service": self.service}
-        if kind == "E":
-            return UniformEnsemble(num_units=count, **settings), True
-        return _MODEL_TYPES[kind](**settings), False
+        if node_type.counted:
+            return node_type.operator(num_units=count, **settings), True
+        return node_type.operator(**settings), False
