@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ember.eval._systems import SystemFailure, SystemOutput
@@ -33,13 +34,15 @@ def is_operator(value: Any) -> bool:
 
 
 def _answer(output: Any) -> str:
+    """The answer in an operator's output: a string, or a model or mapping with an answer field."""
     if isinstance(output, str):
         return output
+    field_of = output.get if isinstance(output, Mapping) else lambda name: getattr(output, name, None)
     for field in _ANSWER_FIELDS:
-        value = getattr(output, field, None)
+        value = field_of(field)
         if isinstance(value, str):
             return value
-    responses = getattr(output, "responses", None)
+    responses = field_of("responses")
     if isinstance(responses, list) and responses:
         return str(responses[0])
     raise TypeError(f"operator output has no answer field ({', '.join(_ANSWER_FIELDS)}) or responses: {output!r:.120}")

@@ -32,6 +32,11 @@ class RequestRecord:
     status: int | None = None
     fault: str | None = None
     answer: str | None = None
+    #: The token counts the server reported in its answer's usage (None: no answer sent).
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    #: The client closed the connection before the answer was sent (a cancelled call).
+    client_closed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -4,6 +4,11 @@ It runs its own asyncio loop on a daemon thread, so synchronous tests, async tes
 benchmarks can all point real SDK clients at it. One coroutine per connection and an
 ``asyncio.sleep`` per request make latency nearly free: a thousand slow requests in flight
 cost a thousand sleeping coroutines, not a thousand threads.
+
+A client that gives up on a request closes its connection; the server notices at once,
+even while the request is still waiting out its latency, and records it
+(``RequestRecord.client_closed``), so tests can check that a cancelled call really
+closed its HTTP request instead of letting it run on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,28 @@ from ember.testing._request import InvalidRequest, Provider, parse_anthropic, pa
 
 _PARSERS = {"/v1/chat/completions": parse_openai, "/v1/messages": parse_anthropic}
 _NOT_JSON = object()
+
+
+class _Reader(asyncio.StreamReader):
+    """A stream reader that also says when the client closed its side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = asyncio.Event()
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        self.closed.set()
+
+
+async def _sleep_unless_closed(delay: float, reader: _Reader) -> bool:
+    """Wait ``delay`` seconds; False as soon as the client closes the connection."""
+    closed = asyncio.ensure_future(reader.closed.wait())
+    try:
+        done, _ = await asyncio.wait({closed}, timeout=delay)
+    finally:
+        closed.cancel()
+    return not done
 
 
 class LoopbackServer:
@@ -105,6 +132,22 @@ class LoopbackServer:
     def anthropic_base_url(self) -> str:
         """``http://HOST:PORT`` (the Anthropic SDK adds ``/v1`` itself)."""
         return self.url
+
+    def environ(self, api_key: str = "sk-loopback") -> dict[str, str]:
+        """The variables that point the official SDKs, and so Ember, at this server.
+
+        >>> with LoopbackServer() as server:
+        ...     sorted(server.environ())
+        ['ANTHROPIC_API_KEY', 'ANTHROPIC_BASE_URL', 'OPENAI_API_KEY', 'OPENAI_BASE_URL']
+
+        Use with ``os.environ.update(...)``, ``monkeypatch.setenv`` or a subprocess's ``env``.
+        """
+        return {
+            "OPENAI_BASE_URL": self.openai_base_url,
+            "OPENAI_API_KEY": api_key,
+            "ANTHROPIC_BASE_URL": self.anthropic_base_url,
+            "ANTHROPIC_API_KEY": api_key,
+        }
 
     @property
     def requests(self) -> list[RequestRecord]:
@@ -199,8 +242,11 @@ class LoopbackServer:
                 connections.discard(task)
                 writer.close()
 
+        def protocol() -> asyncio.StreamReaderProtocol:  # what start_server builds, with our reader
+            return asyncio.StreamReaderProtocol(_Reader(), on_connect)
+
         try:
-            server = await asyncio.start_server(on_connect, self.host, self.port, backlog=self._backlog)
+            server = await self._loop.create_server(protocol, self.host, self.port, backlog=self._backlog)
         except Exception as error:  # surfaced by start() on the calling thread
             self._startup_error = error
             ready.set()
@@ -223,12 +269,12 @@ class LoopbackServer:
                 except HttpError as error:
                     writer.write(_wire.error("openai", error.status, str(error)).encode(keep_alive=False))
                     return
-                if request is None or not await self._respond(request, writer):
+                if request is None or not await self._respond(request, reader, writer):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return  # the client went away mid-request
 
-    async def _respond(self, request: HttpRequest, writer: asyncio.StreamWriter) -> bool:
+    async def _respond(self, request: HttpRequest, reader: _Reader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         headers = request.headers
         provider: Provider = (
@@ -250,8 +296,9 @@ class LoopbackServer:
             fault = choose_fault(self._faults, record.index, provider, request.path, self.seed)
             record.fault = kind = fault and fault.kind
             delay = self._latency + (fault.delay if kind == "slow" else 0.0)
-            if delay:
-                await asyncio.sleep(delay)
+            if delay and not await _sleep_unless_closed(delay, reader):
+                record.client_closed = True  # the client gave up: nothing to answer
+                return False
             await self._gate.wait()
             if kind in (None, "slow"):
                 response = self._answer(request, provider, body, record)
@@ -283,6 +330,7 @@ class LoopbackServer:
         except Exception as error:  # a broken responder is the test's bug: report it, keep serving
             return _wire.error(provider, 500, f"responder raised {type(error).__name__}: {error}")
         record.answer = completion.text
+        record.input_tokens, record.output_tokens = completion.prompt_tokens, completion.completion_tokens
         if provider == "openai":
             return _wire.openai_completion(parsed, completion, int(time.time()))
         return _wire.anthropic_message(parsed, completion)
