@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo check test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/eval_demo.py
 
-test: $(STAMP)
+# Lint, check the import layers, then the tests: tests/ (with notebooks/ and examples/) and the
+# doctests in ember/ (pytest's testpaths).
+check: $(STAMP)
+	$(BIN)/ruff check ember tests bench examples notebooks conftest.py
+	$(BIN)/lint-imports
+
+test: check
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: check
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 JUDGE_JSON = '{"reasoning": "the candidates agree", "final_answer": "%s"}'
 
 
-def responder(request) -> str:  # noqa: ANN001 - an ember.testing.LoopbackRequest
+def responder(request) -> str:  # request: an ember.testing.LoopbackRequest
     """Arithmetic answers for generators; a well-formed JudgeSynthesis reply for judges."""
     text = request.last_user_message
     numbers = re.findall(r"What is (\d+) \+ 1\?", text)

@@ -21,7 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _loopback import loopback_process  # noqa: E402
+from _loopback import loopback_process
 
 KEY = "bench-key"
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _loopback import loopback_process, point_ember_at  # noqa: E402
+from _loopback import loopback_process, point_ember_at
 
 MODEL = "openai:gpt-4o-mini"
 

@@ -1,8 +1,20 @@
 """Quick start: Ember's model layer end to end, offline.
 
-Until the embedded local model is wired in, this runs against Ember's loopback provider
-server (``ember.testing``), which speaks the OpenAI and Anthropic wire formats on
-127.0.0.1 — the same SDK calls, retries and accounting a real provider would get.
+The ``openai:*`` and ``anthropic:*`` calls go to Ember's loopback provider server
+(``ember.testing``), which speaks the OpenAI and Anthropic wire formats on 127.0.0.1 —
+the same SDK calls, retries and accounting a real provider would get. It shows:
+
+- one call to each provider, with its text, tokens, cost, latency and attempts; the
+  server answers the second request with a 429, so the Anthropic call is retried after
+  the ``Retry-After`` wait;
+- eight concurrent calls through ``service.submit``;
+- the usage totals the service kept.
+
+Without the server, and with ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY`` set, the same
+service calls reach the real providers. For the embedded local model, which needs neither, see
+``examples/eval_demo.py`` and ``local:smollm2-135m-instruct``.
+
+    python examples/quickstart.py
 """
 
 import os
@@ -11,6 +23,7 @@ from ember.testing import Fault, LoopbackServer
 
 
 def main() -> None:
+    # Request 1 (the second) gets a 429 with Retry-After: 0.2 s.
     with LoopbackServer(latency=0.05, faults=[Fault.rate_limit(retry_after=0.2, on=[1])]) as server:
         os.environ.update(
             OPENAI_BASE_URL=server.openai_base_url,

@@ -1,23 +1,13 @@
-"""Test-wide setup: 8 fake CPU devices for sharding tests, an isolated Ember home, and the
-``loopback_models`` fixture that routes ``openai:*`` and ``anthropic:*`` to a loopback server.
+"""Test-wide fixtures: ``loopback_models`` routes ``openai:*`` and ``anthropic:*`` to a loopback server.
 
-XLA reads XLA_FLAGS when jax is first imported, so this must run before any test module
-imports jax.
+The process-wide isolation (8 fake CPU devices, no real provider keys, a temporary ``HOME``) is
+set up by the repository root's ``conftest.py``, before any test module imports jax, so that it
+applies to the doctests under ``ember/`` as well.
 """
 
-import os
-import tempfile
 import types
 
 import pytest
-
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# No test may reach a real provider or read the developer's own config.
-for _var in list(os.environ):
-    if _var.startswith("EMBER_") or _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
-        del os.environ[_var]
-os.environ["HOME"] = tempfile.mkdtemp(prefix="ember-test-home-")
 
 LOOPBACK_KEY = "sk-loopback-planted-key-0123456789"
 

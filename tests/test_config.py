@@ -337,9 +337,11 @@ def test_scope_sees_later_updates_to_other_keys(home):
 def test_bad_scope_fails_on_entry_and_leaves_no_scope(home):
     manager = create_config_manager(environ={})
     base = manager.revision
-    with pytest.raises(ConfigError, match=r"model_registry\.max_retries.*scoped"):
-        with manager.scoped({"model_registry": {"max_retries": "many"}}):
-            pass
+    with (
+        pytest.raises(ConfigError, match=r"model_registry\.max_retries.*scoped"),
+        manager.scoped({"model_registry": {"max_retries": "many"}}),
+    ):
+        pass
     assert manager.revision == base
 
 

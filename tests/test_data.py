@@ -215,12 +215,12 @@ def test_corrupt_parquet_and_binary_csv_are_clear_errors(tmp_path):
         list(DataLoader(parquet))
     binary = tmp_path / "x.csv"
     binary.write_bytes(b"query,answer\n\xff\xfe,\x00\n")
-    with pytest.raises(CorruptDataFileError, match="x.csv"):
+    with pytest.raises(CorruptDataFileError, match=r"x\.csv"):
         list(DataLoader(binary))
 
 
 def test_missing_file_and_unknown_format(tmp_path):
-    with pytest.raises(MissingDataFilesError, match="nope.jsonl"):
+    with pytest.raises(MissingDataFilesError, match=r"nope\.jsonl"):
         DataLoader(tmp_path / "nope.jsonl")
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(ValueError, match="format"):

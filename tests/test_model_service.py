@@ -12,7 +12,6 @@ from ember.models import (
     ContextLengthExceededError,
     MalformedResponseError,
     MissingCredentialsError,
-    ModelInfo,
     ModelService,
     ProviderError,
     ProviderTimeoutError,

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from ember._runtime import install_log_redaction, redact, register_secret
 from ember.models import (
     ModelInfo,
     ModelNotFoundError,
@@ -14,7 +15,6 @@ from ember.models import (
     UsageStats,
 )
 from ember.models._errors import MissingCredentialsError, ProviderError
-from ember._runtime import install_log_redaction, redact, register_secret
 
 
 def test_model_info_from_id_alone_fills_provider_and_catalogue_fields():

@@ -25,7 +25,7 @@ class QASpecification(Specification):
     structured_output = AnswerOutput
     prompt_template = """
     Answer the question based on the context.
-    
+
     Context: {context}
     Question: {question}
     """

@@ -1,7 +1,16 @@
 """Models API: the registry, the service, usage — and this module is itself callable.
 
+With ``OPENAI_API_KEY`` set, ``models("openai:gpt-4o", "Hello").text`` asks OpenAI. Offline,
+Ember's loopback server (:mod:`ember.testing`) stands in for it on 127.0.0.1:
+
+>>> import os
+>>> from ember.testing import LoopbackServer
+>>> server = LoopbackServer().start()
+>>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
 >>> from ember.api import models
->>> models("openai:gpt-4o", "Hello").text                         # doctest: +SKIP
+>>> models("openai:gpt-4o", "What is 17 + 25?").text
+'42'
+>>> server.close()
 
 ``models(...)`` is ``get_app_context().model_service.invoke_model(...)``.
 """
@@ -11,8 +20,8 @@ import types
 
 from ember._context import get_app_context, initialize_ember
 from ember.models import *  # noqa: F403  (the models layer's public surface)
-from ember.models import __all__ as _models_all
 from ember.models import ModelResponse
+from ember.models import __all__ as _models_all
 
 __all__ = [*_models_all, "get_app_context", "initialize_ember", "acall"]
 

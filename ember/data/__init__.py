@@ -1,7 +1,14 @@
 """Datasets for evaluation: registry, service, samplers, transformers, validators, loaders.
 
 Benchmark builders (tensorflow-datasets, imported on first use) live in
-:mod:`ember.data.builders`.
+:mod:`ember.data.builders`. The bundled ``minibench`` needs no download:
+
+>>> from ember.data import DataService, FirstNSampler
+>>> data = DataService().load_dataset("minibench", sampler=FirstNSampler(2))
+>>> data
+Dataset('minibench', size=2, sampler=FirstNSampler(n=2))
+>>> [(item.query, item.answer) for item in data]
+[('What is 3 times 10?', '30'), ('What is 7 times 9?', '63')]
 """
 
 from ember.data._dataset import Dataset, ItemSource

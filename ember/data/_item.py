@@ -43,7 +43,17 @@ class DatasetItem:
 
     @classmethod
     def with_options(cls, id: str, query: str, options: Sequence[str], correct: int, **metadata: Any) -> DatasetItem:
-        """A multiple-choice item from option texts and the index of the right one."""
+        """A multiple-choice item from option texts and the index of the right one.
+
+        >>> item = DatasetItem.with_options("q1", "Which is a prime?", ["4", "7", "9"], correct=1)
+        >>> item.answer, item.answer_text
+        ('B', '7')
+        >>> print(item.prompt)
+        Which is a prime?
+        A. 4
+        B. 7
+        C. 9
+        """
         labels = choice_labels(len(options))
         return cls(id=id, query=query, answer=labels[correct], choices=dict(zip(labels, options)), metadata=metadata)
 

@@ -48,7 +48,7 @@ class LLMJudgeEvaluator(Evaluator):
     @property
     def service(self) -> ModelService:
         if self._service is None:
-            from ember.core.app_context import get_app_context
+            from ember._context import get_app_context
 
             self._service = get_app_context().model_service
         return self._service

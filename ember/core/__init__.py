@@ -1,1 +1,0 @@
-"""Ember's core layer, under the import paths of the original architecture."""

@@ -1,1 +1,0 @@
-"""Seed import path for the data layer's building blocks."""
