@@ -161,7 +161,7 @@ class ConfigManager:
         return (self._snapshot.generation, 0 if scope is None else scope.serial)
 
     def _follow_environment(self) -> None:
-        if self._live and _RAW_ENVIRON != self._environ_seen:
+        if self._live and self._environ_seen != _RAW_ENVIRON:
             self.reload()
 
     def update_config(self, section: str, values: Mapping[str, Any]) -> None:

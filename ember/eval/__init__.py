@@ -10,10 +10,12 @@ from ember.eval._metrics import Interval, bootstrap_ci, percentiles
 from ember.eval._numeric import NumericEvaluator, extract_number, parse_number
 from ember.eval._operator_system import OperatorSystem
 from ember.eval._pipeline import EvaluationPipeline, compare_systems
+from ember.eval._record import ItemRecord
 from ember.eval._report import comparison_table, render_html, report_dict, write_report
-from ember.eval._results import EvaluationResults, ItemRecord, RecordView
+from ember.eval._resolve import as_system
+from ember.eval._results import EvaluationResults, RecordView
 from ember.eval._runner import RunOptions, render_prompt
-from ember.eval._systems import FunctionSystem, ModelSystem, System, SystemFailure, SystemOutput, as_system
+from ember.eval._systems import FunctionSystem, ModelSystem, System, SystemFailure, SystemOutput
 from ember.eval._text import ExactMatchEvaluator, RegexEvaluator, TokenF1Evaluator, normalize_text
 
 __all__ = [

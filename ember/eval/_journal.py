@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ember.eval._results import ItemRecord
 from ember._runtime import EmberError
+from ember.eval._record import ItemRecord
 
 __all__ = ["Journal", "JournalMismatchError"]
 

@@ -17,9 +17,9 @@ from typing import Any
 from ember.data import Dataset, DatasetItem
 from ember.eval._evaluator import Evaluator
 from ember.eval._journal import Journal
+from ember.eval._resolve import as_system
 from ember.eval._results import EvaluationResults
 from ember.eval._runner import Run, RunOptions, run_sync
-from ember.eval._systems import System, as_system
 
 __all__ = ["EvaluationPipeline", "compare_systems"]
 

@@ -18,7 +18,7 @@ from rich.text import Text
 from ember.eval._budget import CostBudget
 
 if TYPE_CHECKING:
-    from ember.eval._results import ItemRecord
+    from ember.eval._record import ItemRecord
 
 __all__ = ["ProgressDisplay"]
 

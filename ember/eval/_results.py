@@ -7,47 +7,16 @@ reads them back in dataset order, so a 100,000-item run keeps only its score arr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 from ember.eval._metrics import Interval
+from ember.eval._record import ItemRecord
 
 if TYPE_CHECKING:
     from ember.eval._journal import Journal
 
-__all__ = ["ItemRecord", "EvaluationResults", "RecordView"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ItemRecord:
-    """One system's outcome on one item: output, scores, cost and timing, or the error.
-
-    ``attempts`` counts provider attempts over all of the item's calls, so
-    ``attempts - calls`` is how many retries the item needed. ``cost_usd`` is ``None``
-    when any call's price is unknown.
-    """
-
-    system: str
-    item_id: str
-    position: int
-    output: str | None
-    scores: Mapping[str, float]
-    correct: Mapping[str, bool]
-    details: Mapping[str, Any]
-    latency_s: float
-    cost_usd: float | None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    calls: int = 0
-    attempts: int = 0
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"scores": dict(self.scores), "correct": dict(self.correct), "details": dict(self.details)}
+__all__ = ["EvaluationResults", "RecordView"]
 
 
 class RecordView(Sequence[ItemRecord]):

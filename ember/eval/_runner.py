@@ -38,7 +38,8 @@ from ember.eval._evaluator import Evaluator
 from ember.eval._journal import Journal
 from ember.eval._metrics import bootstrap_ci, percentiles
 from ember.eval._progress import ProgressDisplay
-from ember.eval._results import EvaluationResults, ItemRecord, RecordView
+from ember.eval._record import ItemRecord
+from ember.eval._results import EvaluationResults, RecordView
 from ember.eval._systems import System, SystemFailure
 from ember.models import BudgetExceededError, ProviderError
 

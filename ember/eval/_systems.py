@@ -29,7 +29,7 @@ from ember.models import ModelResponse
 if TYPE_CHECKING:
     from ember.models import ModelService
 
-__all__ = ["SystemOutput", "SystemFailure", "System", "ModelSystem", "FunctionSystem", "as_system"]
+__all__ = ["SystemOutput", "SystemFailure", "System", "ModelSystem", "FunctionSystem"]
 
 
 class SystemFailure(EmberError):
@@ -106,7 +106,7 @@ class FunctionSystem:
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.spec = f"function:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', self.name)}"
         self.executor: concurrent.futures.Executor | None = None
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(type(fn), "__call__", None))
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     async def arun(self, prompt: str) -> SystemOutput:
         if self._is_async:
@@ -117,24 +117,3 @@ class FunctionSystem:
 
     def __repr__(self) -> str:
         return f"FunctionSystem({self.name!r})"
-
-
-def as_system(system: Any, *, name: str | None = None, service: ModelService | None = None, **params: Any) -> System:
-    """Wrap ``system``: a :class:`System`, a model id or NON compact notation, an operator, or a function."""
-    if isinstance(system, System):
-        return system
-    if isinstance(system, str):
-        from ember.non import is_notation
-
-        if is_notation(system):  # sampling settings live in the notation itself
-            from ember.eval._operator_system import OperatorSystem
-
-            return OperatorSystem.from_notation(system, name=name, service=service)
-        return ModelSystem(system, service=service, name=name, **params)
-    from ember.eval._operator_system import OperatorSystem, is_operator
-
-    if is_operator(system):
-        return OperatorSystem(system, name=name)
-    if callable(system):
-        return FunctionSystem(system, name=name)
-    raise TypeError(f"cannot evaluate {system!r}: pass a model id, compact NON notation, an operator or a function")

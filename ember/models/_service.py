@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ember._runtime import UsageScope, current_scope, current_usage_scope
-from ember._runtime import _loop
+from ember._runtime import UsageScope, _loop, current_scope, current_usage_scope
 from ember.models._cache import ResponseCache, cache_key
 from ember.models._errors import MalformedResponseError, ModelError, ProviderTimeoutError
 from ember.models._factory import ModelFactory

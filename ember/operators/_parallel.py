@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ember._runtime import TaskGroup
 from ember.operators._ensemble import EnsembleOutput
 from ember.operators._errors import InvalidOutputError
-from ember._runtime import TaskGroup
 from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
 from ember.operators._sequential import as_fields

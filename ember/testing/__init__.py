@@ -9,8 +9,6 @@ Names are imported on first use: the pytest plugin makes every test run import t
 package, and most runs never start a server.
 """
 
-from __future__ import annotations
-
 import importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
