@@ -88,8 +88,14 @@ def initialize_ember(
 ) -> ModelService:
     """Build a fresh process-wide context and return its :class:`ModelService`.
 
-    >>> service = initialize_ember()                              # doctest: +SKIP
-    >>> service("anthropic:claude-3-sonnet", "Hello Claude")      # doctest: +SKIP
+    >>> import os
+    >>> from ember.testing import LoopbackServer
+    >>> server = LoopbackServer().start()          # offline, in place of Anthropic
+    >>> os.environ.update(server.environ())
+    >>> service = initialize_ember()
+    >>> service("anthropic:claude-3-5-sonnet", "What is 2 + 2?").text
+    '4'
+    >>> server.close()
     """
     global _context
     with _lock:

@@ -21,12 +21,7 @@ def responder(request) -> str:
 
 def main() -> None:
     with LoopbackServer(latency=0.1, responder=responder) as server:
-        os.environ.update(
-            OPENAI_BASE_URL=server.openai_base_url,
-            OPENAI_API_KEY="loopback-demo-key",
-            ANTHROPIC_BASE_URL=server.anthropic_base_url,
-            ANTHROPIC_API_KEY="loopback-demo-key",
-        )
+        os.environ.update(server.environ())  # OPENAI_/ANTHROPIC_ BASE_URL and API_KEY
         print(f"NOTE: answers come from Ember's loopback server at {server.url}, not a real provider.\n")
         from ember.api import non
 

@@ -25,12 +25,7 @@ from ember.testing import Fault, LoopbackServer
 def main() -> None:
     # Request 1 (the second) gets a 429 with Retry-After: 0.2 s.
     with LoopbackServer(latency=0.05, faults=[Fault.rate_limit(retry_after=0.2, on=[1])]) as server:
-        os.environ.update(
-            OPENAI_BASE_URL=server.openai_base_url,
-            OPENAI_API_KEY="loopback-demo-key",
-            ANTHROPIC_BASE_URL=server.anthropic_base_url,
-            ANTHROPIC_API_KEY="loopback-demo-key",
-        )
+        os.environ.update(server.environ())  # OPENAI_/ANTHROPIC_ BASE_URL and API_KEY
         print(f"NOTE: answers come from Ember's loopback server at {server.url}, not a real provider.\n")
         from ember import initialize_ember
 

@@ -1,4 +1,9 @@
-"""Test-wide fixtures: ``loopback_models`` routes ``openai:*`` and ``anthropic:*`` to a loopback server.
+"""The test suite's fixtures, all in this one module (shared helpers that are not fixtures live in
+``tests/helpers.py``):
+
+- ``loopback_models`` routes ``openai:*`` and ``anthropic:*`` to a loopback server;
+- ``smollm`` is the embedded SmolLM2 model, loaded once per session;
+- ``loopback_server`` and ``loopback_server_factory`` come from Ember's pytest plugin.
 
 The process-wide isolation (8 fake CPU devices, no real provider keys, a temporary ``HOME``) is
 set up by the repository root's ``conftest.py``, before any test module imports jax, so that it
@@ -25,10 +30,8 @@ def loopback_models(monkeypatch, tmp_path):
     from ember.testing import LoopbackServer
 
     with LoopbackServer() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", LOOPBACK_KEY)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.anthropic_base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", LOOPBACK_KEY)
+        for name, value in server.environ(LOOPBACK_KEY).items():
+            monkeypatch.setenv(name, value)
         monkeypatch.chdir(tmp_path)
         manager = create_config_manager()
         # Fast, still exponential, backoff keeps retry tests quick.
@@ -42,3 +45,11 @@ def loopback_models(monkeypatch, tmp_path):
             service.close()
             set_config_manager(None)
             reset_app_context()
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The embedded SmolLM2-135M-Instruct, loaded once for every test that needs it."""
+    from ember.local import load_model
+
+    return load_model()

@@ -158,11 +158,6 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smollm() -> LocalModel:
-    return load_model()
-
-
-@pytest.fixture(scope="module")
 def smollm_gguf(smollm):
     return read_gguf(smollm.path)
 

@@ -19,7 +19,6 @@ from ember.local import (
     ModelFileNotFoundError,
     PromptTooLongError,
     _paths,
-    load_model,
 )
 from ember.models._errors import (
     ContextLengthExceededError,
@@ -32,11 +31,6 @@ from ember.models.providers._base import ProviderSettings, provider_class
 from ember.models.providers.local import LocalProvider
 
 MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 @pytest.fixture
@@ -54,25 +48,25 @@ def test_local_is_a_registered_keyless_provider():
 
 
 @pytest.mark.slow
-def test_answer_with_usage_from_the_tokenizer(model, provider):
+def test_answer_with_usage_from_the_tokenizer(smollm, provider):
     result = asyncio.run(provider.acomplete(request(temperature=0.0, max_tokens=16)))
     assert "Paris" in result.text
-    assert result.input_tokens == len(model.encode("What is the capital of France?"))
-    assert result.output_tokens == len(model.tokenizer.encode(result.text)) + 1  # + the end-of-turn token
+    assert result.input_tokens == len(smollm.encode("What is the capital of France?"))
+    assert result.output_tokens == len(smollm.tokenizer.encode(result.text)) + 1  # + the end-of-turn token
     assert result.finish_reason == "stop"
 
 
 @pytest.mark.slow
-def test_eight_concurrent_requests_are_one_batched_generation(model, provider):
-    before = dataclasses.replace(model.stats)
+def test_eight_concurrent_requests_are_one_batched_generation(smollm, provider):
+    before = dataclasses.replace(smollm.stats)
 
     async def ensemble():
         return await asyncio.gather(*(provider.acomplete(request(temperature=0.9, sample_index=i)) for i in range(8)))
 
     results = asyncio.run(ensemble())
-    assert model.stats.generate_calls - before.generate_calls == 1
-    assert model.stats.prefill_calls - before.prefill_calls == 1
-    assert model.stats.rows - before.rows == 8
+    assert smollm.stats.generate_calls - before.generate_calls == 1
+    assert smollm.stats.prefill_calls - before.prefill_calls == 1
+    assert smollm.stats.rows - before.rows == 8
     assert len({r.text for r in results}) > 1  # sample indexes give different samples
 
 
@@ -96,10 +90,10 @@ def test_temperature_zero_ignores_the_sample_index(provider):
 
 
 @pytest.mark.slow
-def test_stop_and_defaults(model, provider):
+def test_stop_and_defaults(smollm, provider):
     result = asyncio.run(provider.acomplete(request(temperature=0.0, max_tokens=16, stop=("Paris",))))
     assert "Paris" not in result.text and result.finish_reason == "stop"
-    config = provider._config(request(), model)
+    config = provider._config(request(), smollm)
     assert (config.temperature, config.top_p, config.max_new_tokens) == (0.2, 0.9, 8)
 
 
@@ -140,9 +134,9 @@ def test_bad_sampling_settings_are_a_provider_error(provider):
 
 
 @pytest.mark.slow
-def test_prompt_longer_than_the_context_window(model, provider):
-    long = request("hello " * (model.context_window + 100))
-    with pytest.raises(ContextLengthExceededError, match=f"context window is {model.context_window}") as err:
+def test_prompt_longer_than_the_context_window(smollm, provider):
+    long = request("hello " * (smollm.context_window + 100))
+    with pytest.raises(ContextLengthExceededError, match=f"context window is {smollm.context_window}") as err:
         asyncio.run(provider.acomplete(long))
     assert err.value.model_id == f"local:{MODEL}" and isinstance(err.value.__cause__, PromptTooLongError)
 
@@ -182,19 +176,19 @@ def test_the_library_imports_nothing_from_the_models_layer():
 
 
 @pytest.mark.slow
-def test_micro_batcher_groups_a_burst_and_isolates_bad_requests(model):
-    batcher = MicroBatcher(model, window_s=0.05, max_batch=4)
-    before = model.stats.generate_calls
+def test_micro_batcher_groups_a_burst_and_isolates_bad_requests(smollm):
+    batcher = MicroBatcher(smollm, window_s=0.05, max_batch=4)
+    before = smollm.stats.generate_calls
     config = GenerationConfig(max_new_tokens=2)
     futures = [batcher.submit(f"Say {i}", config) for i in range(6)]
     bad = batcher.submit([{"role": "robot", "content": "x"}], config)
     results = [f.result(timeout=300) for f in futures]
     assert all(r.completion_tokens <= 2 for r in results)
-    assert model.stats.generate_calls - before == 2  # 6 requests, max_batch 4: two batches
+    assert smollm.stats.generate_calls - before == 2  # 6 requests, max_batch 4: two batches
     with pytest.raises(ValueError, match="unknown role"):
         bad.result(timeout=300)
-    too_long = batcher.submit("hello " * (model.context_window + 100), config)
+    too_long = batcher.submit("hello " * (smollm.context_window + 100), config)
     with pytest.raises(PromptTooLongError) as err:
         too_long.result(timeout=300)
-    assert err.value.context_window == model.context_window < err.value.prompt_tokens
+    assert err.value.context_window == smollm.context_window < err.value.prompt_tokens
     batcher.close()

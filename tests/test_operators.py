@@ -3,8 +3,9 @@
 import dataclasses
 
 import pytest
+from helpers import SummarizerInput, SummarizerOutput, SummarizerSpec
 
-from ember.api.operators import EmberModel, Operator, Specification
+from ember.api.operators import Operator
 from ember.operators import (
     InvalidInputError,
     InvalidOutputError,
@@ -17,22 +18,6 @@ from ember.operators import (
 
 
 # -- the seed's Operator System example, with its forward filled in ----------------------
-class SummarizerInput(EmberModel):
-    text: str
-    max_words: int = 100
-
-
-class SummarizerOutput(EmberModel):
-    summary: str
-    word_count: int
-
-
-class SummarizerSpec(Specification):
-    input_model = SummarizerInput
-    structured_output = SummarizerOutput
-    prompt_template = "Summarize the following text in {max_words} words or less:\n\n{text}"
-
-
 class SummarizerOperator(Operator[SummarizerInput, SummarizerOutput]):
     specification = SummarizerSpec()
 

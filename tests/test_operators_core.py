@@ -3,8 +3,8 @@
 import json
 
 import pytest
+from helpers import SummarizerInput, SummarizerOutput, SummarizerSpec, replies
 
-from ember.api.operators import EmberModel, Specification
 from ember.models import ProviderError
 from ember.operators import (
     Ensemble,
@@ -32,12 +32,6 @@ CANDIDATES = ["Paris", "Lyon", "paris."]
 
 def user_text(record) -> str:
     return "\n".join(m["content"] for m in record.body["messages"] if m["role"] == "user")
-
-
-def replies(*texts):
-    """A responder that answers with ``texts`` in order, one per request."""
-    queue = list(texts)
-    return lambda request: queue.pop(0)
 
 
 # -- MostCommon -------------------------------------------------------------------------
@@ -136,22 +130,6 @@ def test_verifier_takes_a_judges_final_answer(loopback_models):
 def test_synthesis_returns_free_text(loopback_models):
     loopback_models.server.responder = replies("  Paris  ")
     assert Synthesis("openai:gpt-4o")(query=QUERY, responses=CANDIDATES).final_answer == "Paris"
-
-
-class SummarizerInput(EmberModel):
-    text: str
-    max_words: int = 100
-
-
-class SummarizerOutput(EmberModel):
-    summary: str
-    word_count: int
-
-
-class SummarizerSpec(Specification):
-    input_model = SummarizerInput
-    structured_output = SummarizerOutput
-    prompt_template = "Summarize the following text in {max_words} words or less:\n\n{text}"
 
 
 class Summarizer(LMOperator[SummarizerInput, SummarizerOutput]):

@@ -127,19 +127,20 @@ def _launch(coro: Coroutine[Any, Any, T], context: contextvars.Context, future: 
         coro.close()
         return
     task = _start(coro, context)
-    task.add_done_callback(lambda t: _settle(future, t))
+    task.add_done_callback(lambda t: _transfer(t, future))
     future.add_done_callback(lambda f: f.cancelled() and _io_inbox.post(task.cancel))  # type: ignore[union-attr]
 
 
-def _settle(future: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
-    if future.done():  # cancelled by the caller
+def _transfer(task: asyncio.Task[T], target: concurrent.futures.Future[T] | asyncio.Future[T]) -> None:
+    """Give ``target`` (either kind of future: same methods) the outcome of the finished ``task``."""
+    if target.done():  # cancelled by its owner meanwhile
         return
     if task.cancelled():
-        future.cancel()
+        target.cancel()
     elif (error := task.exception()) is not None:
-        future.set_exception(error)
+        target.set_exception(error)
     else:
-        future.set_result(task.result())
+        target.set_result(task.result())
 
 
 async def run_on_io_loop(coro: Coroutine[Any, Any, T]) -> T:
@@ -155,7 +156,7 @@ async def run_on_io_loop(coro: Coroutine[Any, Any, T]) -> T:
     back = _inbox(caller)
 
     def deliver(task: asyncio.Task[T]) -> None:
-        back.post(_copy, task, waiter)
+        back.post(_transfer, task, waiter)
 
     def launch() -> None:
         if waiter.cancelled():
@@ -171,13 +172,3 @@ async def run_on_io_loop(coro: Coroutine[Any, Any, T]) -> T:
     _io_inbox.post(launch)
     return await waiter
 
-
-def _copy(task: asyncio.Task[T], waiter: asyncio.Future[T]) -> None:
-    if waiter.done():
-        return
-    if task.cancelled():
-        waiter.cancel()
-    elif (error := task.exception()) is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(task.result())

@@ -6,7 +6,7 @@ Ember's loopback server (:mod:`ember.testing`) stands in for it on 127.0.0.1:
 >>> import os
 >>> from ember.testing import LoopbackServer
 >>> server = LoopbackServer().start()
->>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
+>>> os.environ.update(server.environ())
 >>> from ember.api import models
 >>> models("openai:gpt-4o", "What is 17 + 25?").text
 '42'

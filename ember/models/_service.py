@@ -82,8 +82,14 @@ class _Route:
 class ModelService:
     """Invoke any registered model by id, synchronously, asynchronously or as a future.
 
-    >>> service = ModelService()                                  # doctest: +SKIP
-    >>> service("openai:gpt-4o", "Hello", temperature=0).text      # doctest: +SKIP
+    >>> import os
+    >>> from ember.testing import LoopbackServer
+    >>> server = LoopbackServer().start()          # offline, in place of OpenAI
+    >>> os.environ.update(server.environ())
+    >>> service = ModelService()
+    >>> service("openai:gpt-4o", "What is 17 + 25?", temperature=0).text
+    '42'
+    >>> service.close(); server.close()
     """
 
     def __init__(

@@ -5,7 +5,7 @@ Offline, Ember's loopback server (:mod:`ember.testing`) answers in place of the 
 >>> import os
 >>> from ember.testing import LoopbackServer
 >>> server = LoopbackServer().start()
->>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
+>>> os.environ.update(server.environ())
 >>> from ember.api import non
 >>> ensemble = non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o")
 >>> ensemble(inputs={"query": "What is 2 + 2?"}).responses

@@ -39,9 +39,16 @@ Prompt = str | Sequence[Mapping[str, str]]
 class LMModule:
     """A model id with sampling settings; ``model_service=None`` means the app context's.
 
-    >>> lm = LMModule("openai:gpt-4o", temperature=0.7)          # doctest: +SKIP
-    >>> lm("Name a prime number.")                                  # doctest: +SKIP
-    '7'
+    Offline, the loopback server stands in for OpenAI:
+
+    >>> import os
+    >>> from ember.testing import LoopbackServer
+    >>> server = LoopbackServer().start()
+    >>> os.environ.update(server.environ())
+    >>> lm = LMModule("openai:gpt-4o", temperature=0.7)
+    >>> lm("What is 6 * 7?")
+    '42'
+    >>> server.close()
     """
 
     model_name: str

@@ -9,7 +9,7 @@ Offline, with Ember's loopback server (:mod:`ember.testing`) in place of the pro
 >>> import os
 >>> from ember.testing import LoopbackServer
 >>> server = LoopbackServer().start()
->>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
+>>> os.environ.update(server.environ())
 >>> from ember.api import non
 >>> math_net = non.build_graph(["5:E:openai:gpt-4o:0.7", "1:MC"])  # five samples, majority vote
 >>> chat_net = non.build_graph(["1:E:openai:gpt-4o-mini:0.0", "1:MC"])

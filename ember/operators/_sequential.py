@@ -10,7 +10,7 @@ Offline, with Ember's loopback server (:mod:`ember.testing`) in place of the pro
 >>> import os
 >>> from ember.testing import LoopbackServer
 >>> server = LoopbackServer().start()
->>> os.environ.update(OPENAI_BASE_URL=server.openai_base_url, OPENAI_API_KEY="loopback")
+>>> os.environ.update(server.environ())
 >>> from ember.api import non
 >>> pipeline = Sequential([non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o"), non.MostCommon()])
 >>> pipeline(inputs={"query": "What is 17 * 23?"}).final_answer

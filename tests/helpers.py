@@ -1,0 +1,29 @@
+"""Helpers shared by several test modules (fixtures live in ``conftest.py``).
+
+The seed's Operator System example types, as the architecture document writes them, and a
+scripted responder for the loopback server.
+"""
+
+from ember.api.operators import EmberModel, Specification
+
+
+class SummarizerInput(EmberModel):
+    text: str
+    max_words: int = 100
+
+
+class SummarizerOutput(EmberModel):
+    summary: str
+    word_count: int
+
+
+class SummarizerSpec(Specification):
+    input_model = SummarizerInput
+    structured_output = SummarizerOutput
+    prompt_template = "Summarize the following text in {max_words} words or less:\n\n{text}"
+
+
+def replies(*texts):
+    """A loopback responder that answers with ``texts`` in order, one per request."""
+    queue = list(texts)
+    return lambda request: queue.pop(0)
