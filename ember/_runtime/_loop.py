@@ -67,7 +67,10 @@ class _Inbox:
             batch, self._queue = self._queue, collections.deque()
             self._scheduled = False
         for fn, args in batch:
-            fn(*args)
+            try:
+                fn(*args)
+            except Exception as error:  # one bad message must not drop the rest of the burst
+                self._loop.call_exception_handler({"message": f"ember inbox callback {fn!r} failed", "exception": error})
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
@@ -135,12 +138,15 @@ def _transfer(task: asyncio.Task[T], target: concurrent.futures.Future[T] | asyn
     """Give ``target`` (either kind of future: same methods) the outcome of the finished ``task``."""
     if target.done():  # cancelled by its owner meanwhile
         return
-    if task.cancelled():
-        target.cancel()
-    elif (error := task.exception()) is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(task.result())
+    try:
+        if task.cancelled():
+            target.cancel()
+        elif (error := task.exception()) is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(task.result())
+    except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+        pass  # cancelled from another thread between the check and now: nothing left to tell
 
 
 async def run_on_io_loop(coro: Coroutine[Any, Any, T]) -> T:

@@ -88,7 +88,12 @@ class _Child:
 
 
 class _Workers:
-    """Daemon threads shared by every group; more are started while none is idle."""
+    """Daemon threads shared by every group; one is started whenever queued jobs outnumber idle ones.
+
+    At the cap, jobs wait for a worker, or for the group that spawned them to run them itself
+    (see :meth:`TaskGroup._steal`): children that must all run at the same moment (a barrier)
+    can then stall, which 64 workers make unlikely for the fan-outs operators do.
+    """
 
     def __init__(self, max_workers: int = 64, idle_s: float = 30.0) -> None:
         self._jobs: queue.SimpleQueue[_Child] = queue.SimpleQueue()
@@ -99,8 +104,8 @@ class _Workers:
 
     def put(self, child: _Child) -> None:
         self._jobs.put(child)
-        with self._lock:
-            if self._idle > 0 or self._count >= self._max:
+        with self._lock:  # one idle worker per queued job, or a new one while under the cap
+            if self._jobs.qsize() <= self._idle or self._count >= self._max:
                 return
             self._count += 1
         threading.Thread(target=self._work, name=f"ember-worker-{self._count}", daemon=True).start()
