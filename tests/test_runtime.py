@@ -304,3 +304,32 @@ def test_ctrl_c_stops_an_ensemble_eval_within_two_seconds_and_keeps_finished_ite
         journaled = {row[0] for row in db.execute("SELECT item_id FROM records WHERE error IS NULL")}
     finished_before = {str(k) for k in range(40) if answered.get(f"What is {k} + 1?", 0) >= 3}
     assert finished_before and journaled == finished_before
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_fan_out_in_the_main_thread_and_closes_its_requests(tmp_path):
+    script = tmp_path / "fan_out.py"
+    script.write_text(
+        "from ember.non import UniformEnsemble\n"
+        "print('started', flush=True)\n"
+        f"UniformEnsemble(num_units=6, model_name={MODEL!r})(inputs={{'query': 'What is 1 + 1?'}})\n"
+    )
+    with LoopbackServer(latency=20.0) as server:
+        env = {**os.environ, **server.environ(), "HOME": str(tmp_path)}
+        process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            server.wait_for_in_flight(6, timeout=60)
+            process.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            _, errors = process.communicate(timeout=15)
+            elapsed = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+        deadline = time.monotonic() + 5
+        while sum(r.client_closed for r in server.requests) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        closed = sum(r.client_closed for r in server.requests)
+    assert elapsed < 1.5, (elapsed, errors)
+    assert "KeyboardInterrupt" in errors
+    assert closed == 6
