@@ -5,9 +5,10 @@ replaces it and returns its model service; it re-reads config files and the envi
 first, so a key exported or a file edited since the last context is seen.
 
 Logging: ``app.log_level`` sets the level of the ``ember`` logger when a context is built.
-If neither that logger nor the root logger has a handler, one writing to stderr is added,
-so that ``log_level: INFO`` shows Ember's INFO records (retries, waits) out of the box
-instead of Python's last-resort handler dropping everything below WARNING.
+The ``ember`` logger also gets a stderr handler that prints only while nothing else would
+(no handler on the root logger), so that ``log_level: INFO`` shows Ember's INFO records
+(retries, waits) out of the box instead of Python's last-resort handler dropping everything
+below WARNING, and a later ``logging.basicConfig()`` does not print each record twice.
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ class EmberAppContext:
         return self.model_service.registry
 
 
-_HANDLER_NAME = "ember-default-stderr"
+class _FallbackHandler(logging.StreamHandler):
+    """Writes to stderr only while the root logger has no handler of its own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
 
 
 def apply_log_level(level: str) -> None:
-    """Set the ``ember`` logger's level; give it a stderr handler if nothing would print."""
+    """Set the ``ember`` logger's level, and make sure its records are printed somewhere."""
     logger = logging.getLogger("ember")
     logger.setLevel(level)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.set_name(_HANDLER_NAME)
+    if not any(isinstance(h, _FallbackHandler) for h in logger.handlers):
+        handler = _FallbackHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
 

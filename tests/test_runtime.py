@@ -16,6 +16,18 @@ from ember.testing import Fault, LoopbackServer
 MODEL = "openai:gpt-4o-mini"
 
 
+def eventually(condition, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (the server records asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def closed_requests(server) -> int:
+    return sum(r.client_closed for r in server.requests)
+
+
 # -- TaskGroup ---------------------------------------------------------------------------
 
 
@@ -91,9 +103,7 @@ def test_ensemble_member_failure_cancels_siblings_and_closes_their_requests(loop
     with pytest.raises(ContextLengthExceededError):
         ensemble(inputs={"query": "What is 1 + 1?"})
     assert time.monotonic() - begun < 5
-    deadline = time.monotonic() + 5
-    while sum(r.client_closed for r in server.requests) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: closed_requests(server) >= 3)
     records = server.requests
     assert len(records) == 4
     closed = [r for r in records if r.client_closed]
@@ -110,10 +120,8 @@ def test_parallel_branch_failure_cancels_the_other_branch_requests(loopback_mode
     branches = Parallel([UniformEnsemble(num_units=2, model_name=MODEL) for _ in range(2)])
     with pytest.raises(ContextLengthExceededError):
         branches(inputs={"query": "What is 2 + 2?"})
-    deadline = time.monotonic() + 5
-    while sum(r.client_closed for r in server.requests) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sum(r.client_closed for r in server.requests) == 3
+    eventually(lambda: closed_requests(server) >= 3)
+    assert closed_requests(server) == 3
 
 
 # -- usage scopes -------------------------------------------------------------------------
@@ -279,9 +287,7 @@ def test_ctrl_c_stops_an_ensemble_eval_within_two_seconds_and_keeps_finished_ite
                    "--journal", str(journal), "--concurrency", "4", "--no-progress", "--report", str(tmp_path / "r")]  # fmt: skip
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 60
-            while len([r for r in server.requests if r.status == 200]) < 12 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            eventually(lambda: len([r for r in server.requests if r.status == 200]) >= 12, timeout=60)
             server.latency = 20.0  # from now on every call hangs
             server.wait_for_in_flight(3, timeout=30)
             time.sleep(0.5)  # let items whose last answer just arrived be committed
@@ -326,10 +332,8 @@ def test_ctrl_c_stops_a_fan_out_in_the_main_thread_and_closes_its_requests(tmp_p
         finally:
             if process.poll() is None:
                 process.kill()
-        deadline = time.monotonic() + 5
-        while sum(r.client_closed for r in server.requests) < 6 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        closed = sum(r.client_closed for r in server.requests)
+        eventually(lambda: closed_requests(server) >= 6)
+        closed = closed_requests(server)
     assert elapsed < 1.5, (elapsed, errors)
     assert "KeyboardInterrupt" in errors
     assert closed == 6
