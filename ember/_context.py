@@ -63,7 +63,14 @@ class _FallbackHandler(logging.StreamHandler):
 
 
 def apply_log_level(level: str) -> None:
-    """Set the ``ember`` logger's level, and make sure its records are printed somewhere."""
+    """Set the ``ember`` logger's level, and make sure its records are printed somewhere.
+
+    Also installs log redaction (every logger, tracebacks included; see
+    :mod:`ember._runtime._redact`), so that nothing printed from here on can show a key.
+    """
+    from ember._runtime import install_log_redaction
+
+    install_log_redaction()
     logger = logging.getLogger("ember")
     logger.setLevel(level)
     if not any(isinstance(h, _FallbackHandler) for h in logger.handlers):

@@ -482,3 +482,72 @@ def test_seed_import_path():
     from ember.core.configs import create_config_manager as seed_create
 
     assert SeedManager is ConfigManager and seed_create is create_config_manager
+
+
+# --- model entries, keys and options -----------------------------------------------------
+
+
+def test_model_entry_schema_matches_model_info():
+    """``model_registry.models`` entries are validated by the config layer, which cannot import
+    the models layer: its restated schema must keep the fields of ModelInfo."""
+    from ember.config._schema import (
+        ModelEntryConfig,
+        ModelEntryCostConfig,
+        ModelEntryProviderConfig,
+        ModelEntryRateLimitConfig,
+    )
+    from ember.models import ModelCost, ModelInfo, ProviderInfo, RateLimit
+
+    pairs = [
+        (ModelEntryConfig, ModelInfo, {"id"}),  # the id is the entry's key
+        (ModelEntryProviderConfig, ProviderInfo, set()),
+        (ModelEntryCostConfig, ModelCost, set()),
+        (ModelEntryRateLimitConfig, RateLimit, set()),
+    ]
+    for entry, info, keyed in pairs:
+        assert set(entry.model_fields) == set(info.model_fields) - keyed, entry.__name__
+
+
+def test_keys_and_base_urls_lose_surrounding_whitespace(home):
+    manager = create_config_manager(
+        environ={"OPENAI_API_KEY": f"{PLAIN_SECRET}\r\n", "OPENAI_BASE_URL": " http://localhost:1/v1\r"},
+        overrides={"model_registry": {"models": {"together:x": {"provider": {"api_key": f"\t{PLAIN_SECRET}-2 "}}}}},
+    )
+    registry = manager.get_config("model_registry")
+    assert registry.providers.openai.api_key.get_secret_value() == PLAIN_SECRET
+    assert registry.providers.openai.base_url == "http://localhost:1/v1"
+    assert registry.models["together:x"].provider.api_key.get_secret_value() == f"{PLAIN_SECRET}-2"
+    assert create_config_manager(environ={"ANTHROPIC_API_KEY": "\r\n"}).get_config(
+        "model_registry").providers.anthropic.api_key is None  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["two words", "line\nbreak", "tab\tinside", "nul\x00byte", "curly\u201cquote"])
+def test_key_that_can_never_be_sent_is_a_config_error_without_its_value(home, bad):
+    key = f"{PLAIN_SECRET}-{bad}"
+    with pytest.raises(ConfigError) as caught:
+        create_config_manager(environ={"ANTHROPIC_API_KEY": key})
+    assert caught.value.keys == ("model_registry.providers.anthropic.api_key",)
+    assert "environment variable ANTHROPIC_API_KEY" in str(caught.value)
+    assert PLAIN_SECRET not in _everything_shown(caught.value)
+
+
+def test_credential_options_are_masked_and_revealed_for_use(home):
+    from pydantic import SecretStr
+
+    from ember.config import reveal_secrets
+
+    options = {
+        "default_headers": {"Authorization": f"Bearer {PLAIN_SECRET}", "X-Team": "research"},
+        "default_query": {"api-key": PLAIN_SECRET},
+        "auth": {"token": PLAIN_SECRET},
+        "max_batch": 8,
+        "models": {"tiny": "~/models/tiny.gguf"},
+    }
+    manager = create_config_manager(environ={}, overrides={"model_registry": {"providers": {"gw": {"options": options}}}})
+    config = manager.get_config()
+    gateway = config.model_registry.providers.gw
+    for text in (repr(config), str(config), repr(config.model_dump()), config.model_dump_json(), repr(gateway)):
+        assert PLAIN_SECRET not in text
+    assert isinstance(gateway.options["default_headers"]["X-Team"], SecretStr)
+    assert gateway.options["max_batch"] == 8 and gateway.options["models"] == {"tiny": "~/models/tiny.gguf"}
+    assert reveal_secrets(gateway.options) == options

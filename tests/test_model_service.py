@@ -306,3 +306,81 @@ def test_planted_key_never_appears_anywhere(loopback_models, caplog, tmp_path):
     for text in texts:
         assert key not in text
     cached_service.close()
+
+
+def _max_in_flight(records) -> int:
+    events = sorted([(r.arrived, 1) for r in records] + [(r.finished, -1) for r in records], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_provider_limits_are_one_budget_shared_by_its_model_ids(loopback_models):
+    server, service, config = loopback_models.server, loopback_models.service, loopback_models.config
+    config.update_config("model_registry", {"providers": {"openai": {"max_concurrency": 5}}})
+    server.latency = 0.2
+    futures = [service.submit(model_id, f"q{i}", sample_index=i)
+               for i in range(10) for model_id in ("openai:gpt-4o", "openai:gpt-4o-mini")]
+    for future in futures:
+        future.result()
+    assert server.stats.total == 20 and server.stats.max_in_flight == 5
+
+    # A model's own limit applies within its provider's budget.
+    config.update_config("model_registry", {"models": {"openai:gpt-4o": {"rate_limit": {"max_concurrency": 2}}}})
+    server.reset()
+    limited = ModelService(config_manager=config)  # its registry reads the new entry
+    futures = [limited.submit(model_id, f"r{i}", sample_index=i)
+               for i in range(10) for model_id in ("openai:gpt-4o", "openai:gpt-4o-mini")]
+    for future in futures:
+        future.result()
+    limited.close()
+    records = server.requests
+    assert server.stats.max_in_flight == 5
+    assert _max_in_flight([r for r in records if r.model == "gpt-4o"]) == 2
+    assert _max_in_flight([r for r in records if r.model == "gpt-4o-mini"]) >= 3
+
+
+def test_adapter_exceptions_become_typed_non_retryable_errors(loopback_models):
+    from ember.models import Provider, register_provider
+
+    calls = []
+
+    @register_provider
+    class Faulty(Provider):  # a user's adapter whose SDK raises its own exceptions
+        name = "faulty_for_test"
+        requires_key = False
+
+        async def acomplete(self, request):
+            calls.append(request)
+            if len(calls) == 1:
+                "\ud800".encode()  # UnicodeEncodeError, as an SDK raises deep inside for unsendable text
+            raise TypeError("create() got an unexpected keyword argument 'foo'")
+
+    for expected in ("UnicodeEncodeError", "TypeError"):
+        with pytest.raises(ProviderError, match=expected) as err:
+            loopback_models.service("faulty_for_test:m", "hi")
+        assert not err.value.retryable and err.value.attempts == 1
+    assert len(calls) == 2  # neither was retried
+    assert loopback_models.service.stats.failed == 2
+
+
+def test_corrupt_cache_file_is_bypassed_with_a_warning(loopback_models, tmp_path, caplog):
+    server, service = loopback_models.server, loopback_models.service
+    directory = tmp_path / "cache"
+    directory.mkdir()
+    path = directory / ResponseCache.FILENAME
+    path.write_bytes(b"not a database, whatever it once was " * 200)
+    loopback_models.config.update_config("app", {"cache": {"enabled": True, "directory": str(directory)}})
+    with caplog.at_level(logging.WARNING, logger="ember"):
+        first = service.invoke_model("openai:gpt-4o", "hi")
+        second = service.invoke_model("openai:gpt-4o", "hi")
+    assert first.text == second.text and not first.cached and not second.cached
+    assert server.stats.total == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "bypassed" in warnings[0]
+
+    cache = ResponseCache(directory)  # direct use: no exception either
+    assert cache.get("k") is None and len(cache) == 0 and cache.broken
+    cache.close()

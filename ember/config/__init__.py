@@ -13,9 +13,11 @@ from ember.config._schema import (
     CacheConfig,
     DataConfig,
     EmberConfig,
+    ModelEntryConfig,
     ModelRegistryConfig,
     ProviderConfig,
     ProvidersConfig,
+    reveal_secrets,
 )
 
 __all__ = [
@@ -25,10 +27,12 @@ __all__ = [
     "get_config_manager",
     "set_config_manager",
     "EmberConfig",
+    "ModelEntryConfig",
     "ModelRegistryConfig",
     "ProvidersConfig",
     "ProviderConfig",
     "AppConfig",
     "CacheConfig",
     "DataConfig",
+    "reveal_secrets",
 ]

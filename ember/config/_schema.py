@@ -11,18 +11,25 @@ field of :class:`EmberConfig`.
 from __future__ import annotations
 
 import logging
-from collections.abc import ItemsView
+import re
+from collections.abc import ItemsView, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ember._runtime import register_secret
+from ember._runtime._redact import clean_credential
 
 __all__ = [
     "ProviderConfig",
     "ProvidersConfig",
+    "ModelEntryConfig",
+    "ModelEntryProviderConfig",
+    "ModelEntryCostConfig",
+    "ModelEntryRateLimitConfig",
     "ModelRegistryConfig",
+    "reveal_secrets",
     "CacheConfig",
     "AppConfig",
     "DataConfig",
@@ -43,12 +50,90 @@ class _Model(BaseModel):
 # --- model_registry -------------------------------------------------------------------
 
 
+def _clean_key(key: SecretStr | None) -> SecretStr | None:
+    """Surrounding whitespace (a CRLF ``.env`` file's ``\\r``) goes; whitespace inside is an error.
+
+    The value is registered for redaction, so it is masked in any later message or log line.
+    """
+    if key is None:
+        return None
+    stripped, problem = clean_credential(key.get_secret_value())
+    if problem:
+        raise ValueError(f"the API key {problem}; a key is one token, with nothing around or inside it")
+    return SecretStr(stripped) if stripped else None
+
+
+def _clean_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    return url.strip() or None
+
+
+#: Option names whose values are credentials (``api_key``, ``Authorization``, ``X-Auth-Token``, ...).
+_SENSITIVE_NAME = re.compile(r"key|token|secret|passw|auth|credential|cookie|signature", re.IGNORECASE)
+#: Option names whose every value goes on the wire beside the key (``default_headers``, ``default_query``).
+_WIRE_MAPPING = re.compile(r"(headers|query)$", re.IGNORECASE)
+
+
+def _mask_options(value: Any, *, mask: bool = False) -> Any:
+    """Strings that may be credentials become ``SecretStr``: every value of a header or query
+    mapping, and every value under a credential-like name (registered for redaction too)."""
+    if isinstance(value, Mapping):
+        masked = {}
+        for name, item in value.items():
+            sensitive = bool(_SENSITIVE_NAME.search(str(name)))
+            masked[name] = _mask_options(item, mask=mask or sensitive or bool(_WIRE_MAPPING.search(str(name))))
+            if sensitive:
+                _register_all(item)
+        return masked
+    if isinstance(value, list | tuple):
+        return [_mask_options(item, mask=mask) for item in value]
+    if mask and isinstance(value, str):
+        return SecretStr(value)
+    return value
+
+
+def _register_all(value: Any) -> None:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        register_secret(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _register_all(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _register_all(item)
+
+
+def reveal_secrets(value: Any) -> Any:
+    """``value`` with every ``SecretStr`` inside it (e.g. provider ``options``) replaced by its text.
+
+    For the code that puts options on the wire; never print the result.
+    """
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Mapping):
+        return {name: reveal_secrets(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [reveal_secrets(item) for item in value]
+    return value
+
+
 class ProviderConfig(_Model):
     """How to reach one provider; unset fields fall back to the registry-wide defaults.
 
     ``kind`` names the adapter that speaks to it (``openai_compatible`` for a Together or
     vLLM endpoint); ``None`` means the adapter named like the provider. Every key set here
     is registered for redaction, so it is masked in any later message or log line too.
+
+    ``max_concurrency``, ``rpm`` and ``tpm`` are one budget for the whole provider, shared
+    by all its model ids (a model's own ``rate_limit`` applies within it).
+
+    ``options`` go to the adapter (``default_headers`` and ``default_query`` to the SDK
+    client). Values that may be credentials (every header and query value, anything under a
+    name such as ``api_key`` or ``token``) are kept as ``SecretStr``, so no repr or dump of
+    the configuration shows them; :func:`reveal_secrets` gives the plain values.
     """
 
     kind: str | None = None
@@ -61,12 +146,13 @@ class ProviderConfig(_Model):
     tpm: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("api_key")
+    _register_for_redaction = field_validator("api_key")(_clean_key)
+    _strip_base_url = field_validator("base_url")(_clean_url)
+
+    @field_validator("options")
     @classmethod
-    def _register_for_redaction(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None:
-            register_secret(key.get_secret_value())
-        return key
+    def _mask_credentials(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return _mask_options(options)
 
 
 class ProvidersConfig(_Model):
@@ -95,12 +181,70 @@ class ProvidersConfig(_Model):
         return self._by_name().get(name, default)
 
 
+# The entries of ``model_registry.models``: the fields of ``ember.models.ModelInfo`` (the
+# models layer sits above this one, so the shape is restated here; a test keeps the two in
+# step). Validated when the configuration is loaded, so a typo or a bad value is a
+# ConfigError naming its key path, never a crash of whatever first lists the models.
+
+
+class ModelEntryProviderConfig(_Model):
+    """Per-model provider settings (``ProviderInfo``); unset fields come from the provider's config."""
+
+    name: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+    _register_for_redaction = field_validator("api_key")(_clean_key)
+    _strip_base_url = field_validator("base_url")(_clean_url)
+
+
+class ModelEntryCostConfig(_Model):
+    """Price in USD per million tokens (``ModelCost``)."""
+
+    input_cost_per_million: float | None = Field(default=None, ge=0)
+    output_cost_per_million: float | None = Field(default=None, ge=0)
+
+
+class ModelEntryRateLimitConfig(_Model):
+    """This model's own limits (``RateLimit``), applied within its provider's budget."""
+
+    max_concurrency: int | None = Field(default=None, ge=1)
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+
+
+class ModelEntryConfig(_Model):
+    """One model's fields (``ModelInfo`` without ``id``, which is the entry's key).
+
+    ``model_dump(exclude_unset=True, exclude_none=True)`` gives the keyword arguments of
+    ``ModelInfo``; fields left out are filled from the bundled catalogue.
+    """
+
+    name: str | None = None
+    api_name: str | None = None
+    provider: ModelEntryProviderConfig | None = None
+    cost: ModelEntryCostConfig | None = None
+    context_window: int | None = Field(default=None, ge=1)
+    rate_limit: ModelEntryRateLimitConfig | None = None
+
+
+def _model_id(model_id: str) -> str:
+    provider, sep, name = model_id.partition(":")
+    if not sep or not provider or not name:
+        raise ValueError("a model id must look like 'provider:name', e.g. 'openai:gpt-4o'")
+    return model_id
+
+
 class ModelRegistryConfig(_Model):
-    """Providers, extra model entries, and the defaults of the call path (timeouts, retries)."""
+    """Providers, extra model entries, and the defaults of the call path (timeouts, retries).
+
+    ``default_max_concurrency`` is each model id's own concurrency limit when its entry sets
+    none; a provider's ``max_concurrency`` is a separate budget shared by all its model ids.
+    """
 
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)
-    #: Model id -> ModelInfo fields; the models layer validates them when it registers them.
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: Model id -> its ModelInfo fields; the registry registers them on discovery.
+    models: dict[Annotated[str, AfterValidator(_model_id)], ModelEntryConfig] = Field(default_factory=dict)
     default_timeout: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     backoff_base: float = Field(default=0.5, ge=0)

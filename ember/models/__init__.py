@@ -5,6 +5,8 @@ from ember.models._errors import (
     BudgetExceededError,
     ContextLengthExceededError,
     EmberError,
+    InvalidCredentialsError,
+    InvalidRequestError,
     MalformedResponseError,
     MissingCredentialsError,
     ModelError,
@@ -25,6 +27,7 @@ from ember.models.providers import Provider, ProviderSettings, register_provider
 
 __all__ = [
     "BudgetExceededError", "CallStats", "ChatRequest", "ContextLengthExceededError", "EmberError",
+    "InvalidCredentialsError", "InvalidRequestError",
     "MalformedResponseError", "Message", "MissingCredentialsError", "ModelCost", "ModelError", "ModelFactory",
     "ModelInfo", "ModelNotFoundError", "ModelRegistry", "ModelResponse", "ModelService", "ModelUsage",
     "Provider", "ProviderConnectionError", "ProviderError", "ProviderInfo", "ProviderNotFoundError",

@@ -11,8 +11,10 @@ environment (``EMBER_APP__CACHE__ENABLED=true``), or ``ModelService(cache=Respon
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -20,6 +22,8 @@ from pathlib import Path
 from ember.models._types import ChatRequest, ProviderResult
 
 __all__ = ["ResponseCache", "cache_key"]
+
+logger = logging.getLogger("ember.models.cache")
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, model_id TEXT NOT NULL, text TEXT NOT NULL,
@@ -45,26 +49,57 @@ def cache_key(model_id: str, request: ChatRequest) -> str:
 
 
 class ResponseCache:
-    """SQLite-backed store of provider results, safe across threads and processes (WAL)."""
+    """SQLite-backed store of provider results, safe across threads and processes (WAL).
+
+    A cache that cannot be used (a corrupt or foreign file, an unwritable directory) is
+    bypassed: one warning names the file, and calls proceed uncached. A cache is an
+    optimisation, so it never fails a call.
+    """
 
     FILENAME = "responses.sqlite"
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).expanduser()
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / self.FILENAME
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        self._db: sqlite3.Connection | None = None
+        self.broken: str | None = None  # why the cache is bypassed, once it is
         self.hits = 0
         self.misses = 0
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_SCHEMA)
+        except (sqlite3.Error, OSError) as error:
+            self._bypass(error)
+
+    def _bypass(self, error: BaseException) -> None:
+        """Stop using the file for the rest of this cache's life, and say so once."""
+        if self.broken is None:
+            self.broken = f"{type(error).__name__}: {error}"
+            logger.warning(
+                "response cache %s cannot be used (%s); it is bypassed and calls proceed uncached. "
+                "Delete the file, or point app.cache.directory elsewhere, to cache again.",
+                self.path, self.broken,
+            )
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     def get(self, key: str) -> ProviderResult | None:
         with self._lock:
-            row = self._db.execute(
-                "SELECT text, input_tokens, output_tokens, finish_reason, model_id FROM responses WHERE key=?", (key,)
-            ).fetchone()
+            if self._db is None:
+                return None
+            try:
+                row = self._db.execute(
+                    "SELECT text, input_tokens, output_tokens, finish_reason, model_id FROM responses WHERE key=?",
+                    (key,),
+                ).fetchone()
+            except sqlite3.Error as error:
+                self._bypass(error)
+                return None
             if row is None:
                 self.misses += 1
                 return None
@@ -73,20 +108,38 @@ class ResponseCache:
 
     def put(self, key: str, model_id: str, result: ProviderResult) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO responses (key, model_id, text, input_tokens, output_tokens, finish_reason)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key, model_id, result.text, result.input_tokens, result.output_tokens, result.finish_reason),
-            )
+            if self._db is None:
+                return
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO responses (key, model_id, text, input_tokens, output_tokens, finish_reason)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, model_id, result.text, result.input_tokens, result.output_tokens, result.finish_reason),
+                )
+            except sqlite3.Error as error:
+                self._bypass(error)
 
     def clear(self) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM responses")
+            if self._db is None:
+                return
+            try:
+                self._db.execute("DELETE FROM responses")
+            except sqlite3.Error as error:
+                self._bypass(error)
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            if self._db is None:
+                return 0
+            try:
+                return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            except sqlite3.Error as error:
+                self._bypass(error)
+                return 0
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None

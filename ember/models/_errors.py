@@ -17,6 +17,8 @@ __all__ = [
     "ModelNotFoundError",
     "ProviderNotFoundError",
     "MissingCredentialsError",
+    "InvalidCredentialsError",
+    "InvalidRequestError",
     "ProviderError",
     "RateLimitError",
     "ProviderTimeoutError",
@@ -76,6 +78,40 @@ class MissingCredentialsError(ModelError):
             f"or the config key {config_key}.",
             model_id=model_id,
         )
+
+
+class InvalidCredentialsError(MissingCredentialsError):
+    """An API key no server could accept (whitespace or control characters inside it).
+
+    Names where the key was read (``env_var`` or ``config_key``), never its value. A
+    subclass of :class:`MissingCredentialsError`, so code that handles "fix your key"
+    handles this too.
+    """
+
+    def __init__(
+        self, provider: str, env_var: str | None, config_key: str, problem: str, *, model_id: str | None = None
+    ) -> None:
+        self.provider, self.env_var, self.config_key, self.problem = provider, env_var, config_key, problem
+        where = f"environment variable {env_var}" if env_var else f"config key {config_key}"
+        ModelError.__init__(
+            self,
+            f"the API key for provider {provider!r} read from {where} {problem}. A key is one token: "
+            "no spaces, tabs, line breaks or other control characters inside it.",
+            model_id=model_id,
+        )
+
+
+class InvalidRequestError(ModelError, ValueError, TypeError):
+    """A request that can never be sent (a bad parameter), refused before any call is made.
+
+    Never retried. ``parameter`` names the offending argument; the message gives the
+    expected form and the type of what was passed, never the value itself. Also a
+    ``TypeError``, so code written for Python's "bad argument" errors catches it.
+    """
+
+    def __init__(self, parameter: str, problem: str, *, model_id: str | None = None) -> None:
+        self.parameter = parameter
+        super().__init__(f"invalid request: {parameter} {problem}", model_id=model_id)
 
 
 class ProviderError(ModelError):

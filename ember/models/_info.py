@@ -13,7 +13,9 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ember._runtime._redact import clean_credential
 
 __all__ = ["ModelInfo", "ModelCost", "RateLimit", "ProviderInfo", "split_model_id", "catalogue"]
 
@@ -73,6 +75,25 @@ class ProviderInfo(BaseModel):
     name: str
     base_url: str | None = None
     api_key: SecretStr | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _strip_and_register(cls, key: SecretStr | None) -> SecretStr | None:
+        """Surrounding whitespace goes (a key read from a CRLF file ends in ``\\r``).
+
+        A key with whitespace inside is refused where it is resolved, with an error naming
+        where it came from (:class:`~ember.models.InvalidCredentialsError`); raising here
+        would put the value into pydantic's message.
+        """
+        if key is None:
+            return None
+        stripped, _ = clean_credential(key.get_secret_value())
+        return SecretStr(stripped) if stripped else None
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_url(cls, url: str | None) -> str | None:
+        return url.strip() or None if url is not None else None
 
     def __getitem__(self, key: str) -> Any:  # the seed writes model_info.provider["name"]
         return getattr(self, key)

@@ -1,7 +1,10 @@
 """Client-side limits shared by every caller of a model: concurrency, RPM and TPM.
 
 All primitives live on Ember's I/O loop (:mod:`ember._runtime._loop`), so one
-:class:`ModelLimiter` per model id is the whole process's budget.
+:class:`ModelLimiter` per model id is the whole process's budget for that model. A
+provider's configured limits (``model_registry.providers.<name>.max_concurrency``, ``rpm``,
+``tpm``) are one more limiter, shared by all the provider's model ids: a call takes a slot
+(and rate budget) from its model's limiter and from its provider's.
 
 Rate limits are token buckets refilled continuously at ``rate`` per second with a small
 capacity (one second's worth). Over any window of ``W`` seconds at most
@@ -53,11 +56,15 @@ class TokenBucket:
 
 
 class ModelLimiter:
-    """Concurrency slots plus optional RPM/TPM buckets for one model."""
+    """Concurrency slots plus optional RPM/TPM buckets for one model, or one provider.
 
-    def __init__(self, max_concurrency: int, rpm: float | None = None, tpm: float | None = None) -> None:
+    A provider's limiter is one budget shared by all its model ids; ``max_concurrency=None``
+    means no slots (the provider sets only rate limits, or none).
+    """
+
+    def __init__(self, max_concurrency: int | None, rpm: float | None = None, tpm: float | None = None) -> None:
         self.max_concurrency, self.rpm, self.tpm = max_concurrency, rpm, tpm
-        self.slots = asyncio.Semaphore(max_concurrency)
+        self.slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self.requests = TokenBucket(rpm / 60.0) if rpm else None
         self.tokens = TokenBucket(tpm / 60.0) if tpm else None
 

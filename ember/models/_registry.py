@@ -116,7 +116,11 @@ class ModelRegistry:
         return self._config_manager.get_config("model_registry")
 
     def _configured_models(self) -> dict[str, dict]:
-        return dict(self._registry_config().models)
+        """``model_registry.models`` as ModelInfo keyword arguments (validated at config load)."""
+        return {
+            model_id: entry.model_dump(exclude_unset=True, exclude_none=True)
+            for model_id, entry in self._registry_config().models.items()
+        }
 
     def __len__(self) -> int:
         self._ensure_discovered()

@@ -1,9 +1,22 @@
 """ModelService: the one door every model call in Ember goes through.
 
-The call path, in order: resolve the model (registry + config, cached per config
-revision) -> response cache -> RPM/TPM budget -> a concurrency slot -> the provider
-adapter under a timeout -> on a transient failure, release the slot, back off (honouring
-Retry-After) and try again -> price the usage -> record it -> cache it.
+The call path, in order: validate the request (a parameter that could never be sent
+raises :class:`~ember.models.InvalidRequestError` before anything happens) -> resolve the
+model (registry + config, cached per config revision) -> response cache -> RPM/TPM budget
+-> a concurrency slot -> the provider adapter under a timeout -> on a transient failure,
+release the slot, back off (honouring Retry-After) and try again -> price the usage ->
+record it -> cache it.
+
+Budgets: each model id has its own limiter (its ``rate_limit``, else
+``default_max_concurrency`` slots), and a provider whose config sets ``max_concurrency``,
+``rpm`` or ``tpm`` has one more, shared by all its model ids; a call takes rate budget and
+a slot from both (the model's slot first, so a call waiting for its model holds none of
+the provider's).
+
+An exception out of an adapter that is not one of Ember's typed errors (an SDK refusing
+the request with a ``TypeError``, a bug) becomes a non-retryable
+:class:`~ember.models.ProviderError` naming its type: nothing raw escapes, and nothing that
+would fail the same way again is retried.
 
 Everything after "resolve" runs on Ember's I/O loop (:mod:`ember._runtime._loop`), so the
 limits are one process-wide budget however the caller is parallelised.
@@ -27,6 +40,8 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import math
+import numbers
 import random
 import threading
 import time
@@ -35,9 +50,15 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ember._runtime import UsageScope, _loop, current_scope, current_usage_scope
+from ember._runtime import UsageScope, _loop, close_matches, current_scope, current_usage_scope, did_you_mean
 from ember.models._cache import ResponseCache, cache_key
-from ember.models._errors import MalformedResponseError, ModelError, ProviderTimeoutError
+from ember.models._errors import (
+    InvalidRequestError,
+    MalformedResponseError,
+    ModelError,
+    ProviderError,
+    ProviderTimeoutError,
+)
 from ember.models._factory import ModelFactory
 from ember.models._info import ModelInfo
 from ember.models._limits import ModelLimiter
@@ -73,6 +94,8 @@ class _Route:
     info: ModelInfo
     adapter: Provider
     limiter: ModelLimiter
+    #: The provider's own limits, shared by all its model ids (None: the provider sets none).
+    provider_limiter: ModelLimiter | None
     timeout: float
     max_retries: int
     backoff_base: float
@@ -114,6 +137,7 @@ class ModelService:
         self._cache_by_dir: dict[str, ResponseCache] = {}
         self._routes: dict[tuple[str, Any], _Route] = {}
         self._limiters: dict[str, ModelLimiter] = {}
+        self._provider_limiters: dict[str, ModelLimiter] = {}
         self._lock = threading.Lock()
 
     # -- public API ---------------------------------------------------------------------
@@ -124,7 +148,12 @@ class ModelService:
         ``top_p``, ``response_format`` (a pydantic model: the answer is validated into
         ``response.parsed``), ``json_schema`` (a schema the provider should constrain the
         answer to, left unvalidated), ``sample_index`` (tells repeated samples apart),
-        ``timeout`` (seconds), and ``extra`` (provider-specific payload fields).
+        ``timeout`` (seconds), and ``extra`` (provider-specific payload fields; it may not
+        override a field Ember sets, such as ``model`` or ``messages``).
+
+        A request that could never be sent (a lone surrogate in the text, ``temperature``
+        outside [0, 2], ``max_tokens`` that is not a positive integer, ...) raises
+        :class:`~ember.models.InvalidRequestError` at once, naming the parameter.
         """
         if _loop.on_io_loop():
             raise RuntimeError("invoke_model would deadlock on Ember's I/O loop; await ainvoke_model instead")
@@ -176,30 +205,58 @@ class ModelService:
 
     # -- preparation (caller's thread) ----------------------------------------------------
     def _prepare(self, model_id: str, prompt: Prompt, params: dict[str, Any]) -> tuple[_Route, ChatRequest]:
-        route = self._route(model_id)
-        unknown = set(params) - _PARAMS
+        """Validate the call and resolve its route, on the caller's thread, before anything is sent.
+
+        A request that could never be sent raises :class:`InvalidRequestError` here: no
+        call, no retry, and a message naming the parameter (and the type, never the value).
+        """
+        if not isinstance(model_id, str) or not model_id:
+            raise InvalidRequestError("model_id", f"must be a non-empty string like 'openai:gpt-4o'; got {_kind(model_id)}")
+        unknown = params.keys() - _PARAMS
         if unknown:
-            raise TypeError(f"unknown parameter(s) for invoke_model: {', '.join(sorted(unknown))}")
-        stop = params.get("stop")
-        response_format = params.get("response_format")
+            name = sorted(unknown)[0]
+            raise InvalidRequestError(
+                ", ".join(sorted(unknown)),
+                "is not a parameter of invoke_model." + did_you_mean(close_matches(name, _PARAMS)),
+                model_id=model_id,
+            )
+        get = params.get
+        response_format = get("response_format")
         if response_format is not None and not (
             isinstance(response_format, type) and issubclass(response_format, BaseModel)
         ):
-            raise TypeError(f"response_format must be a pydantic model class, got {response_format!r}")
+            raise InvalidRequestError(
+                "response_format", f"must be a pydantic model class; got {_kind(response_format)}", model_id=model_id
+            )
+        json_schema = get("json_schema")
+        if json_schema is not None and not isinstance(json_schema, Mapping):
+            raise InvalidRequestError("json_schema", f"must be a mapping (a JSON schema); got {_kind(json_schema)}",
+                                      model_id=model_id)
+        messages = _messages(prompt, get("system"), model_id)
+        temperature = _real(get("temperature"), "temperature", 0.0, 2.0, model_id)
+        top_p = _real(get("top_p"), "top_p", 0.0, 1.0, model_id, open_low=True)
+        max_tokens = _integer(get("max_tokens"), "max_tokens", model_id, positive=True)
+        seed = _integer(get("seed"), "seed", model_id)
+        sample_index = _integer(get("sample_index"), "sample_index", model_id) or 0
+        stop = _stop(get("stop"), model_id)
+        timeout = get("timeout")
+        timeout = None if timeout is None else _timeout(timeout, model_id)
+        extra = _extra(get("extra"), model_id)
+        route = self._route(model_id)
         request = ChatRequest(
             model_name=route.info.api_name,
             model_id=model_id,
-            messages=normalize_messages(prompt, params.get("system")),
-            temperature=params.get("temperature"),
-            max_tokens=params.get("max_tokens"),
-            stop=(stop,) if isinstance(stop, str) else tuple(stop) if stop else None,
-            seed=params.get("seed"),
-            top_p=params.get("top_p"),
+            messages=messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=seed,
+            top_p=top_p,
             response_format=response_format,
-            json_schema=params.get("json_schema"),
-            sample_index=int(params.get("sample_index", 0)),
-            timeout=float(params.get("timeout") or route.timeout),
-            extra=dict(params.get("extra") or {}),
+            json_schema=json_schema,
+            sample_index=sample_index,
+            timeout=route.timeout if timeout is None else timeout,
+            extra=extra,
         )
         return route, request
 
@@ -215,7 +272,8 @@ class ModelService:
         route = _Route(
             info=info,
             adapter=adapter,
-            limiter=self._limiter(info, provider_config, section.default_max_concurrency),
+            limiter=self._limiter(info, section.default_max_concurrency),
+            provider_limiter=self._provider_limiter(info.provider.name, provider_config),
             timeout=adapter.settings.timeout,
             max_retries=section.max_retries,
             backoff_base=section.backoff_base,
@@ -227,18 +285,26 @@ class ModelService:
             self._routes[key] = route
         return route
 
-    def _limiter(self, info: ModelInfo, provider_config: Any, default_concurrency: int) -> ModelLimiter:
-        """One limiter per model id for the process; created on the I/O loop's behalf."""
-
-        def pick(field: str) -> Any:
-            value = getattr(info.rate_limit, field)
-            return value if value is not None else getattr(provider_config, field, None)
-
-        limits = (pick("max_concurrency") or default_concurrency, pick("rpm"), pick("tpm"))
+    def _limiter(self, info: ModelInfo, default_concurrency: int) -> ModelLimiter:
+        """One limiter per model id for the process, from the model's own ``rate_limit``."""
+        own = info.rate_limit
+        limits = (own.max_concurrency or default_concurrency, own.rpm, own.tpm)
         with self._lock:
             limiter = self._limiters.get(info.id)
             if limiter is None or (limiter.max_concurrency, limiter.rpm, limiter.tpm) != limits:
                 limiter = self._limiters[info.id] = ModelLimiter(*limits)
+            return limiter
+
+    def _provider_limiter(self, name: str, provider_config: Any) -> ModelLimiter | None:
+        """One limiter per provider: its configured limits are a budget all its model ids share."""
+        limits = tuple(getattr(provider_config, field, None) for field in ("max_concurrency", "rpm", "tpm"))
+        with self._lock:
+            if limits == (None, None, None):
+                self._provider_limiters.pop(name, None)
+                return None
+            limiter = self._provider_limiters.get(name)
+            if limiter is None or (limiter.max_concurrency, limiter.rpm, limiter.tpm) != limits:
+                limiter = self._provider_limiters[name] = ModelLimiter(*limits)
             return limiter
 
     def _cache(self) -> ResponseCache | None:
@@ -306,17 +372,25 @@ class ModelService:
         )
 
     async def _call_with_retries(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
-        limiter, stats = route.limiter, self.stats
+        limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
         estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
         attempt = 0
         while True:
             attempt += 1
             await limiter.admit(estimate)
-            async with limiter.slots:
+            if shared is not None:
+                await shared.admit(estimate)
+            shared_slots = shared.slots if shared is not None else None
+            async with limiter.slots:  # the model's slot first: waiting for it holds no provider slot
+                if shared_slots is not None:
+                    await shared_slots.acquire()
                 stats.in_flight += 1
                 try:
                     result = await asyncio.wait_for(route.adapter.acomplete(request), request.timeout)
-                    limiter.settle(estimate, result.input_tokens + result.output_tokens)
+                    actual = result.input_tokens + result.output_tokens
+                    limiter.settle(estimate, actual)
+                    if shared is not None:
+                        shared.settle(estimate, actual)
                     return result, attempt
                 except TimeoutError:
                     error: ModelError = ProviderTimeoutError(
@@ -324,8 +398,12 @@ class ModelService:
                     )
                 except ModelError as exc:
                     error = exc
+                except Exception as exc:  # an adapter's bug, or an SDK refusing the request: typed, not retried
+                    error = _unexpected(exc, route, request)
                 finally:
                     stats.in_flight -= 1
+                    if shared_slots is not None:
+                        shared_slots.release()
             if not error.retryable or attempt > route.max_retries:
                 if attempt > 1:
                     error.attempts = attempt
@@ -346,6 +424,171 @@ _PARAMS = frozenset(
     {"system", "temperature", "max_tokens", "stop", "seed", "top_p", "response_format", "json_schema", "sample_index",
      "timeout", "extra"}
 )
+
+
+def _kind(value: Any) -> str:
+    """How an error names a bad value: its type, never the value (it may be a secret)."""
+    return "None" if value is None else f"a value of type {type(value).__name__}"
+
+
+def _number_kind(value: Any, problem: str) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} {problem}"
+
+
+def _text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be sent (a lone surrogate: no encoding can carry it), or None."""
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains a lone surrogate (U+{ord(text[exc.start]):04X} at position {exc.start}), which no "
+            "request can carry; it usually comes from decoding bytes with errors='surrogateescape'"
+        )
+    return None
+
+
+def _messages(prompt: Prompt, system: Any, model_id: str) -> tuple[Message, ...]:
+    if system is not None and not isinstance(system, str):
+        raise InvalidRequestError("system", f"must be a string; got {_kind(system)}", model_id=model_id)
+    try:
+        messages = normalize_messages(prompt, system)
+    except (TypeError, ValueError) as exc:
+        text = str(exc)
+        problem = text.removeprefix("prompt ") if text.startswith("prompt ") else f"is not valid: {text}"
+        raise InvalidRequestError("prompt", problem, model_id=model_id) from None
+    offset = 1 if system is not None else 0
+    for i, message in enumerate(messages):
+        problem = _text_problem(message.content)
+        if problem:
+            if i < offset:
+                where = "system"
+            elif isinstance(prompt, str):
+                where = "prompt"
+            else:
+                where = f"prompt[{i - offset}].content"
+            raise InvalidRequestError(where, problem, model_id=model_id)
+    return messages
+
+
+def _real(value: Any, name: str, low: float, high: float, model_id: str, *, open_low: bool = False) -> float | None:
+    if value is None:
+        return None
+    if (type(value) is float or type(value) is int) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        number = float(value)
+        if math.isfinite(number) and (low < number if open_low else low <= number) and number <= high:
+            return number
+        kind = _number_kind(value, "out of that range" if math.isfinite(number) else "that is not finite")
+    else:
+        kind = _kind(value)
+    bounds = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+    raise InvalidRequestError(name, f"must be a finite number in {bounds}; got {kind}", model_id=model_id)
+
+
+def _integer(value: Any, name: str, model_id: str, *, positive: bool = False) -> int | None:
+    if value is None:
+        return None
+    if type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+        number = int(value)
+        if number > 0 or not positive:
+            return number
+        kind = _number_kind(value, "that is not positive")
+    else:
+        kind = _kind(value)
+    raise InvalidRequestError(
+        name, f"must be {'a positive' if positive else 'an'} integer; got {kind}", model_id=model_id
+    )
+
+
+def _timeout(value: Any, model_id: str) -> float:
+    if (type(value) is float or type(value) is int) or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        number = float(value)
+        if math.isfinite(number) and number > 0:
+            return number
+        kind = _number_kind(value, "that is not finite" if not math.isfinite(number) else "that is not positive")
+    else:
+        kind = _kind(value)
+    raise InvalidRequestError("timeout", f"must be a positive, finite number of seconds; got {kind}", model_id=model_id)
+
+
+def _stop(stop: Any, model_id: str) -> tuple[str, ...] | None:
+    if stop is None:
+        return None
+    if isinstance(stop, str):
+        stops: tuple = (stop,)
+    elif isinstance(stop, Sequence) and not isinstance(stop, bytes | bytearray):
+        stops = tuple(stop)
+    else:
+        raise InvalidRequestError("stop", f"must be a string or a list of strings; got {_kind(stop)}",
+                                  model_id=model_id)
+    for i, item in enumerate(stops):
+        where = "stop" if isinstance(stop, str) else f"stop[{i}]"
+        if not isinstance(item, str):
+            raise InvalidRequestError(where, f"must be a string; got {_kind(item)}", model_id=model_id)
+        problem = _text_problem(item)
+        if problem:
+            raise InvalidRequestError(where, problem, model_id=model_id)
+    return stops or None
+
+
+#: Payload fields Ember sets itself (for any provider), and the parameter that sets each.
+#: ``extra`` may not override them: ``extra={"model": ...}`` would send the request to
+#: another model while usage is billed to the one named.
+_RESERVED_EXTRA = {
+    "model": "the model id (the first argument)",
+    "messages": "the prompt",
+    "system": "system=",
+    "temperature": "temperature=",
+    "top_p": "top_p=",
+    "max_tokens": "max_tokens=",
+    "max_completion_tokens": "max_tokens=",
+    "stop": "stop=",
+    "stop_sequences": "stop=",
+    "seed": "seed=",
+    "response_format": "response_format= or json_schema=",
+    "timeout": "timeout=",
+    "stream": None,
+}
+
+
+def _extra(extra: Any, model_id: str) -> dict[str, Any]:
+    if extra is None:
+        return {}
+    if not isinstance(extra, Mapping):
+        raise InvalidRequestError("extra", f"must be a mapping of payload fields; got {_kind(extra)}",
+                                  model_id=model_id)
+    extra = dict(extra)
+    body = extra.get("extra_body")
+    if body is not None and not isinstance(body, Mapping):
+        raise InvalidRequestError("extra['extra_body']", f"must be a mapping; got {_kind(body)}", model_id=model_id)
+    for names, where in ((extra, "extra"), (body or {}, "extra['extra_body']")):
+        for name in names:
+            if not isinstance(name, str):
+                raise InvalidRequestError(f"{where} keys", f"must be strings; got {_kind(name)}", model_id=model_id)
+            if name in _RESERVED_EXTRA:
+                instead = _RESERVED_EXTRA[name]
+                problem = (
+                    f"would override a field Ember sets itself; set it with {instead} instead"
+                    if instead
+                    else "is not supported: Ember reads whole answers, not streams"
+                )
+                raise InvalidRequestError(f"{where}[{name!r}]", problem, model_id=model_id)
+    return extra
+
+
+def _unexpected(exc: Exception, route: _Route, request: ChatRequest) -> ProviderError:
+    """A non-Ember exception out of an adapter (an SDK refusing the request, a bug): typed, never retried."""
+    logger.debug("%s: the %s adapter raised %s", request.model_id, route.adapter.settings.kind, type(exc).__name__,
+                 exc_info=exc)
+    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return ProviderError(
+        f"the {route.adapter.settings.kind!r} adapter failed with {type(exc).__name__}"
+        + (f": {detail}" if detail else "")
+        + " (not retried: the same request would fail again)",
+        model_id=request.model_id,
+    )
 
 
 def _backoff(attempt: int, base: float, cap: float, retry_after: float | None) -> float:

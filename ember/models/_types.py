@@ -44,14 +44,15 @@ def normalize_messages(
                 messages.append(item)
                 continue
             if not isinstance(item, Mapping) or "role" not in item or "content" not in item:
-                raise TypeError(f"message {i} must be a mapping with 'role' and 'content', got {item!r:.80}")
+                raise TypeError(f"message {i} must be a mapping with 'role' and 'content', got {type(item).__name__}")
             if item["role"] not in ("system", "user", "assistant"):
                 raise ValueError(f"message {i} has unknown role {item['role']!r}")
             if not isinstance(item["content"], str):
                 raise TypeError(f"message {i} content must be str, got {type(item['content']).__name__}")
             messages.append(Message(item["role"], item["content"]))
     else:
-        raise TypeError(f"prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
+        got = "an empty list" if isinstance(prompt, Sequence) else type(prompt).__name__
+        raise TypeError(f"prompt must be a string or a non-empty list of messages; got {got}")
     if system is not None:
         if messages[0].role == "system":
             raise ValueError("system prompt given twice: as system= and as the first message")

@@ -35,7 +35,9 @@ from pydantic import SecretStr
 
 from ember.models._types import ChatRequest, ProviderResult
 
-__all__ = ["Provider", "ProviderSettings", "register_provider", "provider_class", "known_provider_kinds"]
+__all__ = [
+    "Provider", "ProviderSettings", "client_options", "register_provider", "provider_class", "known_provider_kinds",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +46,9 @@ class ProviderSettings:
 
     ``name`` is how model ids refer to it (``together`` in ``together:llama-3``); ``kind`` is
     the adapter class that speaks to it (``openai_compatible``). The key is a ``SecretStr``
-    so that neither repr nor str of these settings can show it.
+    so that neither repr nor str of these settings can show it. ``options`` are the
+    provider's config ``options`` with their values revealed for the adapter's use (e.g.
+    ``default_headers`` that carry a credential), so they are left out of the repr.
     """
 
     name: str
@@ -53,7 +57,17 @@ class ProviderSettings:
     base_url: str | None = None
     timeout: float = 60.0
     api_key_env: str | None = None
-    options: dict = dataclasses.field(default_factory=dict)
+    options: dict = dataclasses.field(default_factory=dict, repr=False)
+
+
+def client_options(options: dict) -> dict:
+    """The ``default_headers`` / ``default_query`` among a provider's options, as SDK client arguments."""
+    chosen = {}
+    for name in ("default_headers", "default_query"):
+        value = options.get(name)
+        if value:
+            chosen[name] = {str(k): str(v) for k, v in dict(value).items()}
+    return chosen
 
 
 class Provider(abc.ABC):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ember.models._errors import MalformedResponseError
 from ember.models._types import ChatRequest, ProviderResult
-from ember.models.providers._base import Provider, register_provider
+from ember.models.providers._base import Provider, client_options, register_provider
 from ember.models.providers._sdk_errors import map_sdk_error
 
 __all__ = ["AnthropicProvider"]
@@ -43,6 +43,7 @@ class AnthropicProvider(Provider):
                 base_url=self.settings.base_url,
                 max_retries=0,
                 timeout=self.settings.timeout,
+                **client_options(self.settings.options),
             )
         return self._sdk_client
 

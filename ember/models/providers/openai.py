@@ -9,6 +9,9 @@
 
 after which ``together:meta-llama/Llama-3-8b-chat-hf`` is a valid model id.
 
+``options: {default_headers: {...}, default_query: {...}}`` in a provider's config go to the
+SDK client (e.g. a gateway's own ``Authorization`` header); config dumps mask their values.
+
 The SDK's own retries are off (``max_retries=0``): the service retries once, uniformly, with
 the shared budget. The transport stays inside this adapter, so a leaner HTTP path for fast
 self-hosted endpoints can replace the SDK here without touching the service.
@@ -16,12 +19,13 @@ self-hosted endpoints can replace the SDK here without touching the service.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 from ember.models._errors import MalformedResponseError
 from ember.models._types import ChatRequest, ProviderResult
-from ember.models.providers._base import Provider, register_provider
+from ember.models.providers._base import Provider, client_options, register_provider
 from ember.models.providers._sdk_errors import map_sdk_error
 
 __all__ = ["OpenAIProvider", "OpenAICompatibleProvider"]
@@ -42,13 +46,19 @@ class OpenAIProvider(Provider):
 
         self._sdk = openai
         self._sdk_client = None
+        self._create_arguments: frozenset[str] = frozenset()
 
     def _client(self):
         if self._sdk_client is None:
             key = self.settings.api_key.get_secret_value() if self.settings.api_key else "not-needed"
             self._sdk_client = self._sdk.AsyncOpenAI(
-                api_key=key, base_url=self.settings.base_url, max_retries=0, timeout=self.settings.timeout
+                api_key=key,
+                base_url=self.settings.base_url,
+                max_retries=0,
+                timeout=self.settings.timeout,
+                **client_options(self.settings.options),
             )
+            self._create_arguments = frozenset(inspect.signature(self._sdk_client.chat.completions.create).parameters)
         return self._sdk_client
 
     def _payload(self, request: ChatRequest) -> dict[str, Any]:
@@ -68,7 +78,18 @@ class OpenAIProvider(Provider):
         if schema is not None:
             name = request.response_format.__name__ if request.response_format else schema.get("title", "answer")
             payload["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-        payload.update(request.extra)
+        # Fields the SDK takes as arguments go as arguments; any other (a server's own, such
+        # as vLLM's ``repetition_penalty``) goes in the JSON body, where the SDK would refuse it.
+        body: dict[str, Any] = {}
+        for name, value in request.extra.items():
+            if name == "extra_body":
+                body.update(value)
+            elif name in self._create_arguments:
+                payload[name] = value
+            else:
+                body[name] = value
+        if body:
+            payload["extra_body"] = body
         return payload
 
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
