@@ -4,8 +4,10 @@
 comparison report. A system is a model id (``openai:gpt-4o``) or compact NON notation
 (``"5:E:local:smollm2-135m-instruct:0.7,1:MC"``), optionally labelled ``name=spec``.
 Every finished item is journaled under ``ember_runs/``, at a path derived from the run's
-settings: if a run is interrupted, running the same command again resumes it, calling
-no finished item twice. Heavy modules load inside the commands, so ``ember --help`` is fast.
+settings and the dataset's content: if a run is interrupted, running the same command again
+resumes it, calling no finished item twice; a changed dataset gets a journal of its own.
+Arguments are checked before any model call (a usage error exits 2, any other error exits 1
+with one line ``ember eval: ...``), and one journal serves one run at a time. Heavy modules load inside the commands, so ``ember --help`` is fast.
 """
 
 from __future__ import annotations
@@ -13,12 +15,57 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["main", "build_parser"]
+
+_ITEM_FIELDS = ("id", "query", "answer", "choices")
+
+
+class _UsageError(Exception):
+    """A bad argument that only shows once several are read together: exits 2, as argparse does."""
+
+
+def _number(kind: Callable[[str], Any], *, low: float, what: str, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` that accepts a finite number in ``[low, high]``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bound = f">= {low:g}" if high is None else f"from {low:g} to {high:g}"
+            raise argparse.ArgumentTypeError(f"{what} must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+def _field(text: str) -> tuple[str, str]:
+    """``ITEM=COLUMN`` for ``--field``."""
+    item, sep, column = text.partition("=")
+    item, column = item.strip(), column.strip()
+    if not sep or not column:
+        raise argparse.ArgumentTypeError(f"expected ITEM=COLUMN (e.g. query=question), got {text!r}")
+    if item not in _ITEM_FIELDS:
+        raise argparse.ArgumentTypeError(f"unknown item field {item!r} in {text!r}; map any of {', '.join(_ITEM_FIELDS)}")
+    return item, column
+
+
+def _template(text: str) -> str:
+    """A ``--prompt`` template: plain ``{name}`` placeholders only, braces balanced."""
+    from ember.eval import PromptTemplateError, template_fields
+
+    try:
+        template_fields(text)
+    except PromptTemplateError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,41 +78,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="model id or compact NON notation; repeat to compare systems on the same items")  # fmt: skip
     ev.add_argument("--subset", help="dataset subset (e.g. an MMLU subject)")
     ev.add_argument("--split", help="dataset split (default: the dataset's first)")
-    ev.add_argument("--sample", type=int, metavar="N", help="evaluate N items drawn at random (seeded)")
+    ev.add_argument("--sample", type=_number(int, low=1, what="N"), metavar="N", help="evaluate N items drawn at random (seeded)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ev.add_argument("--data-dir", type=Path, help="directory holding the benchmark's files (default: <data.data_dir>/<dataset>)")
-    ev.add_argument("--field", action="append", default=[], metavar="ITEM=COLUMN",
+    ev.add_argument("--field", action="append", default=[], metavar="ITEM=COLUMN", type=_field,
                     help="for a file dataset: map an item field (id, query, answer, choices) to a column")  # fmt: skip
     ev.add_argument("--evaluator", default="auto",
                     help="auto (by task), exact, contains, mc, numeric, f1, or judge:MODEL_ID")  # fmt: skip
-    ev.add_argument("--prompt", help="prompt template: {prompt} (query and choices), {query}, {choices}, metadata keys")
-    ev.add_argument("--max-tokens", type=int, help="max tokens per call, for model-id systems")
-    ev.add_argument("--temperature", type=float, help="temperature, for model-id systems")
-    ev.add_argument("--concurrency", type=int, default=64, help="items in flight (model calls are bounded by the models layer)")
-    ev.add_argument("--budget", type=float, metavar="USD", help="stop starting items once this much is spent")
+    ev.add_argument("--prompt", type=_template,
+                    help="prompt template: {prompt} (query and choices), {query}, {choices}, metadata keys")  # fmt: skip
+    ev.add_argument("--max-tokens", type=_number(int, low=1, what="--max-tokens"), help="max tokens per call, for model-id systems")
+    ev.add_argument("--temperature", type=_number(float, low=0, high=2, what="--temperature"),
+                    help="temperature, for model-id systems")  # fmt: skip
+    ev.add_argument("--concurrency", type=_number(int, low=1, what="--concurrency"), default=64,
+                    help="items in flight (model calls are bounded by the models layer)")  # fmt: skip
+    ev.add_argument("--budget", type=_number(float, low=0, what="--budget"), metavar="USD",
+                    help="stop starting items once this much is spent")  # fmt: skip
     ev.add_argument("--journal", type=Path, help="results journal (default: ember_runs/<derived from the settings>.sqlite)")
     ev.add_argument("--fresh", action="store_true", help="discard an existing journal for these settings and start over")
     ev.add_argument("--report", type=Path, help="report path without extension (default: reports/<journal name>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ev.set_defaults(run=_eval)
+    ev.set_defaults(run=_eval, parser=ev)
 
     models = commands.add_parser("models", help="list the models in the registry")
-    models.set_defaults(run=_models)
+    models.set_defaults(run=_models, parser=models)
     datasets = commands.add_parser("datasets", help="list the registered datasets, or describe one")
     datasets.add_argument("name", nargs="?", help="show where this dataset's files come from")
-    datasets.set_defaults(run=_datasets)
+    datasets.set_defaults(run=_datasets, parser=datasets)
     return parser
 
 
 def _systems(specs: Sequence[str]) -> dict[str, str]:
+    """``[NAME=]SPEC`` arguments as ``{label: spec}``: labels stripped, never empty, never given twice."""
     systems: dict[str, str] = {}
     for text in specs:
         label, sep, spec = text.partition("=")
         if not sep:
-            label, spec = text, text
+            label = spec = text
+        label, spec = label.strip(), spec.strip()
+        if not label or not spec:
+            raise _UsageError(f"--system {text!r}: expected SPEC or NAME=SPEC with a non-empty name and spec")
         if label in systems:
-            raise SystemExit(f"ember eval: system name {label!r} given twice; label them NAME=SPEC")
-        systems[label.strip()] = spec.strip()
+            raise _UsageError(f"system name {label!r} given twice; label each system NAME=SPEC")
+        systems[label] = spec
     return systems
 
 
@@ -76,8 +131,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     sampler = RandomSampler(args.sample, seed=args.seed) if args.sample else None
     path = Path(args.dataset).expanduser()
     if path.suffix.lower() in (".jsonl", ".ndjson", ".csv", ".json", ".parquet"):
-        fields = dict(pair.split("=", 1) for pair in args.field)
-        fields = {k: (v.split(",") if k == "choices" and "," in v else v) for k, v in fields.items()}
+        fields = dict(args.field)
+        fields = {k: ([c.strip() for c in v.split(",")] if k == "choices" and "," in v else v) for k, v in fields.items()}
         data = DataLoader(path, fields=fields, sampler=sampler)
         first = next(iter(data), None)
         return data, "multiple_choice" if first is not None and first.choices else "exact", None
@@ -107,45 +162,75 @@ def _evaluators(choice: str, task: str) -> list[Any]:
     return [table[choice]()]
 
 
+def _writable(path: Path, what: str) -> None:
+    """Fail now, not after the run, if ``path`` cannot be written: create its folder, try the file."""
+    from ember.models import EmberError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise EmberError(f"{what} {path} is a directory; give a file path")
+        existed = path.exists()
+        with open(path, "a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as error:
+        raise EmberError(f"cannot write {what} {path}: {error.strerror or error}") from None
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ember.eval import Journal, compare_systems, comparison_table, write_report
+    from ember.eval import Journal, as_system, comparison_table, render_prompt, write_report
+    from ember.eval._runner import Run, RunOptions, dataset_fingerprint, run_sync
+    from ember.models import EmberError
 
     console = Console()
     systems = _systems(args.system)
     data, task, instruction = _load(args)
     evaluators = _evaluators(args.evaluator, task)
+    if instruction:  # the dataset's instruction is text, not a template: its braces are literal
+        instruction = instruction.replace("{", "{{").replace("}", "}}")
     prompt = args.prompt or (f"{instruction}\n\n{{prompt}}" if instruction else None)
     params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
-    settings = json.dumps([repr(data), systems, args.evaluator, prompt, params], sort_keys=True)
+    label = data.name or args.dataset
+    count, sha = dataset_fingerprint(data, name=label)  # one pass: content identity, ids unique, not empty
+    if count == 0:
+        raise EmberError(f"dataset {label} has no items to evaluate (check the file, --subset, --split and --sample)")
+    if prompt is not None:
+        render_prompt(next(iter(data)), prompt)  # a placeholder the items lack fails now, not once per item
+    wrapped = {name: as_system(spec, name=name, **params) for name, spec in systems.items()}
+    # The default journal is named after everything the journal's identity holds, the content included:
+    # a changed dataset or setting gets a journal of its own, the same command resumes its own.
+    settings = json.dumps([sha, {name: s.spec for name, s in wrapped.items()}, [repr(e) for e in evaluators], prompt],
+                          sort_keys=True)  # fmt: skip
     name = f"{Path(args.dataset).stem}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
-    journal_path = args.journal or Path("ember_runs") / f"{name}.sqlite"
-    if args.fresh:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{journal_path}{suffix}").unlink(missing_ok=True)
-    journal = Journal(journal_path)
-    finished = sum(len(journal.finished(label)) for label in systems)
-    if finished:
-        console.print(f"[bold]resuming[/bold] from {journal_path}: {finished} finished item(s) will not be called again")
-    from ember.eval import as_system
-
-    wrapped = {label: as_system(spec, name=label, **params) for label, spec in systems.items()}
+    journal_path = (args.journal or Path("ember_runs") / f"{name}.sqlite").expanduser()
+    report = (args.report or Path("reports") / name).expanduser()
+    for path, what in ((report.with_suffix(".json"), "report"), (report.with_suffix(".html"), "report")):
+        _writable(path, what)
     if params and any(getattr(s, "model_id", None) is None for s in wrapped.values()):
         console.print("note: --max-tokens/--temperature apply to model-id systems; NON notation carries its own temperatures")
+    journal = Journal(journal_path, fresh=args.fresh)
     try:
-        results = compare_systems(
-            data, wrapped, evaluators, prompt=prompt, concurrency=args.concurrency, journal=journal,
-            budget=args.budget, progress=False if args.no_progress else None,
-        )  # fmt: skip
-        console.print(comparison_table(results, title=f"{data.name or args.dataset}: {len(data)} items"))
-        for label, r in results.items():
+        options = RunOptions(prompt=prompt, concurrency=args.concurrency, journal=journal, budget=args.budget,
+                             progress=False if args.no_progress else None)  # fmt: skip
+        run = Run(data, wrapped, evaluators, options, fingerprint=(count, sha))
+        finished = run.open()  # the journal is ours, and holds this run (or none yet)
+        if finished:
+            console.print(f"[bold]resuming[/bold] from {journal_path}: {finished} finished item(s) will not be called again")
+        results = run_sync(run)
+        console.print(comparison_table(results, title=f"{label}: {count} items"))
+        for system, r in results.items():
             if r.stopped:
-                console.print(f"[bold red]{label}: stopped early[/bold red] — {r.stopped}; raise --budget and rerun to continue")
+                console.print(f"[bold red]{system}: stopped early[/bold red] — {r.stopped}; raise --budget and rerun to continue")
             if r.n_errors:
-                console.print(f"[yellow]{label}: {r.n_errors} item(s) failed; rerun the same command to retry them[/yellow]")
-        report = args.report or Path("reports") / name
-        json_path, html_path = write_report(results, report, dataset=data.name or args.dataset)
+                console.print(f"[yellow]{system}: {r.n_errors} item(s) failed; rerun the same command to retry them[/yellow]")
+        try:
+            json_path, html_path = write_report(results, report, dataset=label)
+        except OSError as error:
+            raise EmberError(f"cannot write report {report}: {error.strerror or error}") from None
     except KeyboardInterrupt:
         console.print(f"\n[bold red]interrupted[/bold red]: finished items are saved in {journal_path}; run the same command to resume")
         return 130
@@ -201,11 +286,14 @@ def _datasets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ember`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from ember.models import EmberError
 
     try:
         return args.run(args)
+    except _UsageError as error:
+        args.parser.error(str(error))  # exits 2 with the command's usage line
     except EmberError as error:
         print(f"ember {args.command}: {error}", file=sys.stderr)
         return 1

@@ -12,10 +12,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ember.data import DataService, DatasetItem
-from ember.eval import EvaluationPipeline, Journal, ModelSystem, NumericEvaluator, compare_systems
+from ember.eval import EvaluationPipeline, Journal, ModelSystem, NumericEvaluator, bootstrap_ci, compare_systems
 from ember.testing import Fault
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -38,6 +39,10 @@ def test_seed_evaluation_example_runs_as_written(loopback_models, tmp_path):
     results = eval_pipeline.evaluate()
     print(f"Accuracy: {results.metrics['accuracy']:.2f}")
     assert results.metrics["accuracy"] == 0.5 and len(results.records) == 6 == len(loopback_models.server.requests)
+    # MultipleChoiceEvaluator is named "accuracy": its series is the accuracy series, each item counted once.
+    assert results.n_items == 6 and set(results.metrics) == {"accuracy", "error_rate"}
+    correct = [float(r.correct["accuracy"]) for r in results.records]
+    assert results.intervals["accuracy"] == bootstrap_ci(np.array(correct))
 
 
 def test_costs_are_attributed_per_item_for_model_and_notation_systems(loopback_models):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 
+import numpy as np
 import pytest
 
 from ember.data import Dataset, DatasetError, DatasetItem, FirstNSampler
@@ -91,6 +92,10 @@ def test_several_systems_share_one_pass_over_the_dataset():
     assert reads == 40 and results["a"].accuracy == 0.5 and results["b"].accuracy == 0.0
 
 
+class PowerCut(BaseException):
+    """A crash of the whole process, as a test can raise it: not an item's error, so the run stops."""
+
+
 class Scripted:
     """The same system (same journal identity) across runs; tests change how it behaves."""
 
@@ -102,7 +107,7 @@ class Scripted:
     def __call__(self, prompt: str) -> str:
         self.calls.append(prompt.split()[2])
         if self.crash_after is not None and len(self.calls) > self.crash_after:
-            raise RuntimeError("power cut")
+            raise PowerCut("power cut")
         if self.calls[-1] in self.failing:
             raise ProviderError("upstream 503", status_code=503, attempts=5)
         return right_on_even(prompt)
@@ -111,7 +116,7 @@ class Scripted:
 def test_interrupted_run_resumes_without_repeating_finished_items(tmp_path):
     path, system = tmp_path / "run.sqlite", Scripted()
     system.crash_after = 15
-    with pytest.raises(RuntimeError, match="power cut"):
+    with pytest.raises(PowerCut, match="power cut"):
         EvaluationPipeline(ITEMS, [NumericEvaluator()], system, name="s", concurrency=1, journal=path, progress=False).evaluate()
     finished = Journal(path).finished("s")
     assert len(finished) == 15
@@ -217,3 +222,33 @@ def test_progress_shows_rate_retries_and_spend():
             display.advance(ItemRecord("s", str(i), i, "x", {}, {}, {}, 0.1, 0.25, calls=1, attempts=2))
     text = out.getvalue()
     assert "4/10" in text and "it/s" in text and "retrying 2 (total 7)" in text and "spend $1.0000 of $1.00" in text
+
+
+def test_budget_message_states_the_spend_after_items_in_flight_finish():
+    async def priced(prompt: str) -> SystemOutput:
+        await asyncio.sleep(0.01 * (int(prompt.split()[2]) % 4 + 1))  # item 0 finishes first, 1-3 are still in flight
+        return SystemOutput("x", UsageStats(10, 1, 0.01), calls=1, attempts=1)
+
+    results = EvaluationPipeline(ITEMS, [ExactMatchEvaluator()], priced, concurrency=4, budget=0.01, progress=False).evaluate()
+    assert results.n_items == 4 and results.cost_usd == pytest.approx(0.04)
+    assert "spent $0.0400" in results.stopped, results.stopped
+
+
+def test_an_evaluator_named_like_a_summary_series_is_counted_once():
+    from ember.eval import MultipleChoiceEvaluator
+    from ember.eval._metrics import bootstrap_ci
+
+    class Named(ExactMatchEvaluator):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    items = [DatasetItem.with_options(str(i), "Pick", ["x", "y"], i % 2) for i in range(6)]
+    results = EvaluationPipeline(items, [MultipleChoiceEvaluator()], lambda p: "A", progress=False).evaluate()
+    assert results.n_items == 6 and set(results.metrics) == {"accuracy", "error_rate"} and results.accuracy == 0.5
+    assert results.intervals["accuracy"] == bootstrap_ci(np.array([1.0, 0.0] * 3))  # six values, not twelve
+
+    results = EvaluationPipeline(items, [MultipleChoiceEvaluator(), Named("accuracy"), Named("error_rate")], lambda p: "A",
+                                 progress=False).evaluate()  # fmt: skip
+    assert results.n_items == 6 and results.metrics["error_rate"] == 0.0
+    assert set(results.metrics) == {"accuracy", "accuracy_2", "error_rate_2", "error_rate"}

@@ -162,3 +162,28 @@ def test_fuzzed_notation_builds_an_operator_or_raises_notation_error(graph, comp
         assert isinstance(
             op, (Sequential, Parallel, non.UniformEnsemble, JudgeSynthesis, Synthesis, SelectBest, Verifier, MostCommon)
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "caret"),
+    [
+        ('["3:E:m:0.7", 1:MC]', "invalid syntax (quote every node", "               ^"),
+        ('["3:E:m:0.7", "1:MC"', "'[' was never closed", "^"),
+        ('["3:E:m:0.7", "1:MC")', "closing parenthesis ')' does not match", "                    ^"),
+        ('["3:E:m:0.7", model]', "found Name", "              ^~~~~"),
+        ('["3:E:m:0.7", "1:" + "MC"]', "found BinOp", "              ^~~~~~~~~~~"),
+        ('["é", f(1)]', "found Call", "      ^~~~"),
+    ],
+)
+def test_list_literal_errors_point_at_the_column(text, reason, caret):
+    with pytest.raises(non.NotationError) as info:
+        non.parse_notation(text)
+    node, marker = str(info.value).splitlines()[1:3]
+    assert reason in info.value.reason and node.strip() == text and marker == "    " + caret, str(info.value)
+
+
+def test_count_colon_anything_is_notation_so_a_bad_type_is_reported_as_such():
+    assert non.is_notation("1:X:openai:gpt-4o:0.5") and non.is_notation("12:") and not non.is_notation("openai:gpt-4o")
+    with pytest.raises(non.NotationError, match="unknown TYPE 'X'") as info:
+        non.build_graph(non.parse_notation("1:X:openai:gpt-4o:0.5"))
+    assert str(info.value).splitlines()[2] == "      ^"

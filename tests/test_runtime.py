@@ -337,3 +337,17 @@ def test_ctrl_c_stops_a_fan_out_in_the_main_thread_and_closes_its_requests(tmp_p
     assert elapsed < 1.5, (elapsed, errors)
     assert "KeyboardInterrupt" in errors
     assert closed == 6
+
+
+def test_attaching_a_future_that_is_already_done_does_not_deadlock():
+    import concurrent.futures
+
+    from ember._runtime import CancelScope
+
+    done = concurrent.futures.Future()
+    done.set_result(1)
+    scope = CancelScope()
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (scope.attach(done), finished.set()), daemon=True)
+    worker.start()
+    assert finished.wait(5), "attach deadlocked on a finished future"

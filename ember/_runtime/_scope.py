@@ -69,11 +69,13 @@ class CancelScope:
     def attach(self, future: concurrent.futures.Future[Any]) -> None:
         """Make ``future`` owned by this scope: cancelled with it, forgotten when done."""
         with self._lock:
-            if not self._cancelled:
+            owned = not self._cancelled
+            if owned:
                 self._futures.add(future)
-                future.add_done_callback(self._forget)
-                return
-        future.cancel()
+        if owned:  # outside the lock: a future already done runs _forget, which takes it, at once
+            future.add_done_callback(self._forget)
+        else:
+            future.cancel()
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ from ember.eval._budget import CostBudget
 from ember.eval._choice import MultipleChoiceEvaluator, extract_choice
 from ember.eval._code import CodeExecutionEvaluator, extract_code
 from ember.eval._evaluator import EvaluationResult, Evaluator, RoutedEvaluator
-from ember.eval._journal import Journal, JournalMismatchError
+from ember.eval._journal import Journal, JournalCorruptError, JournalError, JournalInUseError, JournalMismatchError
 from ember.eval._judge import JUDGE_TEMPLATE, LLMJudgeEvaluator
 from ember.eval._metrics import Interval, bootstrap_ci, percentiles
 from ember.eval._numeric import NumericEvaluator, extract_number, parse_number
@@ -14,7 +14,7 @@ from ember.eval._record import ItemRecord
 from ember.eval._report import comparison_table, render_html, report_dict, write_report
 from ember.eval._resolve import as_system
 from ember.eval._results import EvaluationResults, RecordView
-from ember.eval._runner import RunOptions, render_prompt
+from ember.eval._runner import PromptTemplateError, RunOptions, render_prompt, template_fields
 from ember.eval._systems import FunctionSystem, ModelSystem, System, SystemFailure, SystemOutput
 from ember.eval._text import ExactMatchEvaluator, RegexEvaluator, TokenF1Evaluator, normalize_text
 
@@ -23,6 +23,8 @@ __all__ = [
     "compare_systems",
     "RunOptions",
     "render_prompt",
+    "template_fields",
+    "PromptTemplateError",
     "EvaluationResults",
     "ItemRecord",
     "RecordView",
@@ -46,7 +48,10 @@ __all__ = [
     "bootstrap_ci",
     "percentiles",
     "Journal",
+    "JournalError",
     "JournalMismatchError",
+    "JournalCorruptError",
+    "JournalInUseError",
     "CostBudget",
     "comparison_table",
     "report_dict",

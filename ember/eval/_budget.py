@@ -1,7 +1,8 @@
 """A cost budget for an evaluation run: once reached, no new item is started.
 
 Items already in flight finish and are journaled (their calls are paid for already), so
-the overshoot is bounded by the run's concurrency. Spend carried over from a resumed
+the overshoot is bounded by the run's concurrency; the run's ``stopped`` message states the
+spend after they finished. Spend carried over from a resumed
 journal counts. Calls whose price is unknown cannot be charged; they are counted and the
 budget says so instead of pretending they were free.
 """
@@ -41,9 +42,13 @@ class CostBudget:
     def exhausted(self) -> bool:
         return self.spent_usd >= self.max_usd
 
-    def describe(self) -> str:
-        unknown = f" (+ {self.unpriced} item(s) at unknown price)" if self.unpriced else ""
-        return f"cost budget ${self.max_usd:.4f} reached: spent ${self.spent_usd:.4f}{unknown}"
+    def describe(self, *, spent_usd: float | None = None, unpriced: int | None = None) -> str:
+        """Why the run stopped. Pass the final ``spent_usd`` (and ``unpriced`` item count) once
+        the items in flight have finished, so the message states the whole spend."""
+        spent = self.spent_usd if spent_usd is None else spent_usd
+        unpriced = self.unpriced if unpriced is None else unpriced
+        unknown = f" (+ {unpriced} item(s) at unknown price)" if unpriced else ""
+        return f"cost budget ${self.max_usd:.4f} reached: spent ${spent:.4f}{unknown}"
 
     def __repr__(self) -> str:
         return f"CostBudget(max_usd={self.max_usd}, spent_usd={self.spent_usd:.6f})"

@@ -35,7 +35,10 @@ class EvaluationPipeline:
     Keywords are :class:`RunOptions` fields (``prompt``, ``concurrency``, ``journal``,
     ``budget``, ``progress``, ``service``), or pass ``options=RunOptions(...)``.
     ``journal`` (a path) makes the run resumable: run the same pipeline again after an
-    interruption and finished items are not called again.
+    interruption and finished items are not called again. The journal is bound to the
+    run's identity (the dataset's content, the systems, evaluators and prompt): another
+    identity raises :class:`~ember.eval.JournalMismatchError` naming what changed, and a
+    journal another run is using raises :class:`~ember.eval.JournalInUseError`.
     """
 
     def __init__(

@@ -52,7 +52,10 @@ class EvaluationResults:
     """A system's evaluation: ``metrics["accuracy"]`` and friends, intervals, cost, latency, records.
 
     ``metrics`` holds every evaluator's mean score under its name, plus ``accuracy`` (the
-    share of items the first evaluator judged correct) and ``error_rate``. Items whose
+    share of items the first evaluator judged correct) and ``error_rate``. An evaluator
+    named ``accuracy`` (e.g. :class:`MultipleChoiceEvaluator`) is the accuracy series when it
+    comes first, and is renamed (``accuracy_2``) otherwise, as is one named ``error_rate``:
+    each item counts once in every series, and ``n_items`` is the number of items. Items whose
     system call failed count as wrong and are listed in ``n_errors``. ``stopped`` says
     why a run ended early (a cost budget), else ``None``.
     """

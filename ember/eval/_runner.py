@@ -10,7 +10,14 @@ Design, and why:
 - *Nothing lost.* Each finished item is committed before it is counted; a resumed run
   skips committed items and retries errored ones. Results are computed from the journal
   in dataset order, so an interrupted-and-resumed run ends with the same numbers.
-- *Budget.* With a :class:`CostBudget`, no item starts once it is spent; the results say so.
+- *Budget.* With a :class:`CostBudget`, no item starts once it is spent; the results say so,
+  with the spend the journal holds once the items in flight have finished.
+- *One item, one outcome.* Whatever a system or evaluator raises on one item (a provider
+  error, a prompt its SDK cannot encode, a bug) is that item's error: journaled (redacted),
+  counted, retried on resume. Only cancellation and a spent budget stop the run.
+- *Identity.* A journal on disk is bound to the run's identity: a fingerprint of the
+  dataset's content (one streamed pass before any call), the systems' specs, the evaluators
+  and the prompt. Resuming with another identity is refused; see :class:`Journal`.
 - *Exact cost.* Each item runs in a usage scope that every model call below it reports
   to, whatever the system; a failed item keeps the usage of the calls that were answered.
 - *Stopping.* Each item also runs in a cancel scope: when the run is cancelled (Ctrl-C,
@@ -24,18 +31,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import hashlib
+import json
+import string
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ember._runtime import UsageScope, open_scope
+from ember._runtime import CancelScope, EmberError, UsageScope, open_scope, redact
 from ember.data import Dataset, DatasetError, DatasetItem
 from ember.eval._budget import CostBudget
 from ember.eval._evaluator import Evaluator
-from ember.eval._journal import Journal
+from ember.eval._journal import IDENTITY_FORMAT, Journal
 from ember.eval._metrics import bootstrap_ci, percentiles
 from ember.eval._progress import ProgressDisplay
 from ember.eval._record import ItemRecord
@@ -43,7 +53,7 @@ from ember.eval._results import EvaluationResults, RecordView
 from ember.eval._systems import System, SystemFailure
 from ember.models import BudgetExceededError, ProviderError
 
-__all__ = ["Run", "RunOptions", "PromptSpec", "render_prompt"]
+__all__ = ["Run", "RunOptions", "PromptSpec", "PromptTemplateError", "render_prompt", "template_fields", "dataset_fingerprint"]
 
 PromptSpec = str | Callable[[DatasetItem], str] | None
 
@@ -69,36 +79,148 @@ class RunOptions:
     service: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+        if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, got {self.concurrency!r}")
+        if isinstance(self.prompt, str):
+            template_fields(self.prompt)  # a malformed template fails here, before any call
+
+
+class PromptTemplateError(EmberError, ValueError):
+    """A prompt template that is malformed, or names a field an item does not have."""
+
+
+_TEMPLATE_NAMES = ("prompt", "query", "choices")
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholder names of a prompt template, which may hold only plain ``{name}`` placeholders.
+
+    >>> template_fields("Q: {query} {choices}")
+    ['query', 'choices']
+    >>> template_fields("{query.upper}")
+    Traceback (most recent call last):
+    ...
+    ember.eval._runner.PromptTemplateError: prompt template '{query.upper}': {query.upper} is not a plain {name} placeholder (no attribute, index, conversion or format spec); write a literal brace as {{ or }}
+    """
+    hint = "write a literal brace as {{ or }}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as error:  # "Single '}' encountered", "expected '}' before end of string"
+        raise PromptTemplateError(f"prompt template {template!r}: {error}; {hint}") from None
+    names: list[str] = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise PromptTemplateError(
+                f"prompt template {template!r}: {shown} is not a plain {{name}} placeholder "
+                f"(no attribute, index, conversion or format spec); {hint}"
+            )
+        names.append(field)
+    return names
 
 
 def render_prompt(item: DatasetItem, prompt: PromptSpec) -> str:
     """The text sent for ``item``: ``item.prompt`` by default, else a template or a function.
 
     Templates may use ``{prompt}`` (query and lettered choices), ``{query}``, ``{choices}``
-    and any metadata key.
+    and any metadata key, as plain ``{name}`` placeholders only (see :func:`template_fields`).
     """
     if prompt is None:
         return item.prompt
     if callable(prompt):
         return prompt(item)
+    names = template_fields(prompt)
     choices = "\n".join(f"{label}. {text}" for label, text in item.choices.items())
-    return prompt.format_map({**item.metadata, "prompt": item.prompt, "query": item.query, "choices": choices})
+    values = {**item.metadata, "prompt": item.prompt, "query": item.query, "choices": choices}
+    missing = [name for name in names if name not in values]
+    if missing:
+        known = ", ".join(f"{{{k}}}" for k in [*_TEMPLATE_NAMES, *(k for k in item.metadata if isinstance(k, str))])
+        raise PromptTemplateError(
+            f"prompt template names {', '.join(f'{{{m}}}' for m in missing)}, which item {item.id!r} does not have; "
+            f"it can use {known}"
+        )
+    return prompt.format_map(values)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able stand-in for a metadata value, stable across processes (never an address)."""
+    if hasattr(value, "tolist"):  # numpy values from parquet files
+        return value.tolist()
+    if isinstance(value, (set, frozenset)):
+        return sorted(map(repr, value))
+    if type(value).__repr__ is object.__repr__:
+        return f"<{type(value).__qualname__}>"
+    return repr(value)
+
+
+def _canonical(item: DatasetItem) -> bytes:
+    fields = [item.id, item.query, item.answer, [[k, v] for k, v in item.choices.items()]]
+    try:
+        metadata = json.dumps(dict(item.metadata), sort_keys=True, default=_plain)
+    except TypeError:  # keys of mixed types cannot be sorted
+        metadata = json.dumps([[repr(k), v] for k, v in item.metadata.items()], default=_plain)
+    return json.dumps([*fields, metadata], default=_plain).encode("ascii") + b"\n"  # ASCII: lone surrogates escaped
+
+
+def dataset_fingerprint(items: Iterable[DatasetItem], *, name: str = "dataset") -> tuple[int, str]:
+    """How many items, and the sha256 of their ids, queries, answers, choices and metadata.
+
+    One streamed pass: memory does not grow with the dataset beyond a set of ids (duplicate
+    ids are refused here, before any call, as they would be during the run).
+
+    >>> dataset_fingerprint([DatasetItem("1", "What is 1 + 1?", "2")])[0]
+    1
+    """
+    digest, seen, count = hashlib.sha256(), set(), 0
+    for item in items:
+        if item.id in seen:
+            raise DatasetError(f"{name}: item id {item.id!r} occurs twice; ids must be unique")
+        seen.add(item.id)
+        digest.update(_canonical(item))
+        count += 1
+    return count, digest.hexdigest()
+
+
+def _error_text(error: BaseException) -> str:
+    """One item's error as journaled: typed, redacted, bounded."""
+    text = str(error) if isinstance(error, EmberError) else f"{type(error).__name__}: {error}"
+    text = redact(text)
+    return text if len(text) <= 4000 else text[:3999] + "…"
+
+
+def _is_cancellation(error: BaseException, scope: CancelScope) -> bool:
+    """Whether ``error`` means the run (not this item) is being cancelled."""
+    if not isinstance(error, concurrent.futures.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return scope.cancelled or (task is not None and task.cancelling() > 0)
 
 
 def _unique_names(evaluators: Sequence[Evaluator]) -> list[str]:
+    """One metric name per evaluator, never colliding with each other or with the summary series.
+
+    ``accuracy`` (the share the first evaluator judged correct) and ``error_rate`` are the
+    results' own series: the first evaluator may be named ``accuracy`` (its series *is*
+    the accuracy series, counted once); any later one, or one named ``error_rate``, is renamed.
+    """
     names: list[str] = []
-    for evaluator in evaluators:
+    for position, evaluator in enumerate(evaluators):
+        reserved = {"error_rate"} | ({"accuracy"} if position else set())
         name, k = evaluator.name, 2
-        while name in names:
+        while name in names or name in reserved:
             name, k = f"{evaluator.name}_{k}", k + 1
         names.append(name)
     return names
 
 
 class Run:
-    """One pass over a dataset for one or more systems, sharing items and the journal."""
+    """One pass over a dataset for one or more systems, sharing items and the journal.
+
+    ``fingerprint`` is the dataset's ``(count, sha256)`` when the caller has computed it
+    already (the CLI names the journal after it); otherwise :meth:`open` computes it.
+    """
 
     def __init__(
         self,
@@ -106,6 +228,8 @@ class Run:
         systems: Mapping[str, System],
         evaluators: Sequence[Evaluator],
         options: RunOptions,
+        *,
+        fingerprint: tuple[int, str] | None = None,
     ) -> None:
         if not evaluators:
             raise ValueError("at least one evaluator is needed")
@@ -125,15 +249,44 @@ class Run:
                 service = get_app_context().model_service
             self.stats = service.stats
         self.stopped: str | None = None
+        self._fingerprint = fingerprint
+        self._opened = False
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, fingerprint: tuple[int, str] | None = None) -> dict[str, Any]:
+        """The run's identity, as the journal stores and compares it."""
         prompt = self.prompt if isinstance(self.prompt, str) or self.prompt is None else getattr(self.prompt, "__qualname__", "fn")
+        count, sha = fingerprint if fingerprint is not None else (None, None)
         return {
-            "dataset": repr(self.dataset),
+            "format": IDENTITY_FORMAT,
+            "dataset": {"name": repr(self.dataset), "items": count, "sha256": sha},
             "systems": {name: system.spec for name, system in self.systems.items()},
             "evaluators": [repr(e) for e in self.evaluators],
             "prompt": prompt,
         }
+
+    def open(self) -> int:
+        """Take the journal for this run and check (or record) its identity, before any call.
+
+        A journal on disk gets the dataset's content fingerprint (one streamed pass; an
+        in-memory journal is not resumed by another process and skips it). Raises
+        :class:`~ember.eval.JournalInUseError` or :class:`~ember.eval.JournalMismatchError`.
+        Returns how many ``(system, item)`` pairs are finished already. :meth:`run` calls it.
+        """
+        if not self._opened:
+            fingerprint, self._fingerprint = self._fingerprint, None
+            if self.journal.path == ":memory:":
+                fingerprint = None  # compared by the dataset's description only
+            elif fingerprint is None:
+                fingerprint = dataset_fingerprint(self.dataset, name=self.dataset.name or "dataset")
+            self.journal.begin(self.describe(fingerprint))
+            self._opened = True
+        return sum(len(self.journal.finished(name)) for name in self.systems)
+
+    def close(self) -> None:
+        """Give the journal back (the lock :meth:`open` took)."""
+        if self._opened:
+            self._opened = False
+            self.journal.release()
 
     def _units(self, done: Mapping[str, set[str]]) -> Iterator[tuple[int, DatasetItem, str, System]]:
         seen: set[str] = set()
@@ -146,36 +299,54 @@ class Run:
                     yield position, item, name, system
 
     async def _score(self, position: int, item: DatasetItem, name: str, system: System) -> ItemRecord:
+        """One item through one system and the evaluators: a record, whatever goes wrong in it.
+
+        Only a spent budget (:class:`BudgetExceededError`) and cancellation of the run
+        propagate; anything else a system or evaluator raises is this item's error.
+        """
         started = time.perf_counter()
-        with UsageScope() as used, open_scope() as scope:
+        used, output, scores, correct, details = UsageScope(), None, {}, {}, {}
+        usage = None
+        with open_scope() as scope:
             try:
-                output = await system.arun(render_prompt(item, self.prompt))
+                with used:  # the system's calls; evaluators' usage is added from their results
+                    output = await system.arun(render_prompt(item, self.prompt))
+                if used.calls or used.failed:  # measured: every call made through Ember
+                    usage, calls, attempts = used.usage, used.calls + used.failed, used.attempts
+                else:  # no call went through Ember: what the system says it cost
+                    usage, calls, attempts = output.usage, output.calls, output.attempts
+                for metric, evaluator in zip(self.names, self.evaluators):
+                    result = await evaluator.aevaluate(output.text, item)
+                    scores[metric], correct[metric] = float(result.score), bool(result.is_correct)
+                    if result.metadata:
+                        details[metric] = dict(result.metadata)
+                    if result.usage is not None:
+                        usage = usage + result.usage
             except BudgetExceededError:
                 raise
-            except (ProviderError, SystemFailure) as error:  # failed after the service's retries: journal, retry on resume
+            except Exception as error:
+                if _is_cancellation(error, scope):
+                    scope.cancel("the evaluation run was cancelled")
+                    raise
+                # Failed after the service's retries, or could not be sent at all: journal it, retry on resume.
+                # Failed requests are not billed: the cost is that of the calls that were answered.
                 latency = time.perf_counter() - started
-                usage = used.usage  # the calls that were answered; failed requests are not billed
+                if usage is None:
+                    usage = used.usage
+                calls = used.calls + used.failed
+                if isinstance(error, (ProviderError, SystemFailure)):
+                    calls = calls or 1
+                attempts = max(used.attempts, getattr(error, "attempts", 0) or 0, calls)
+                text = output.text if output is not None else None
+                where = "" if output is None else "evaluation failed: "
                 return ItemRecord(
-                    name, item.id, position, None, {}, {}, {}, latency, usage.cost_usd, usage.input_tokens,
-                    usage.output_tokens, used.calls + used.failed or 1, max(used.attempts, getattr(error, "attempts", 1)),
-                    str(error),
+                    name, item.id, position, text, {}, {}, {}, latency, usage.cost_usd, usage.input_tokens,
+                    usage.output_tokens, calls, attempts, where + _error_text(error),
                 )  # fmt: skip
-            except BaseException:  # cancelled (Ctrl-C, a failed sibling worker): stop this item's calls now
+            except BaseException:  # cancelled (Ctrl-C, the caller): stop this item's calls now
                 scope.cancel("the evaluation run was cancelled")
                 raise
         latency = time.perf_counter() - started
-        if used.calls or used.failed:  # measured: every call made through Ember
-            usage, calls, attempts = used.usage, used.calls + used.failed, used.attempts
-        else:  # no call went through Ember: what the system says it cost
-            usage, calls, attempts = output.usage, output.calls, output.attempts
-        scores, correct, details = {}, {}, {}
-        for metric, evaluator in zip(self.names, self.evaluators):
-            result = await evaluator.aevaluate(output.text, item)
-            scores[metric], correct[metric] = float(result.score), bool(result.is_correct)
-            if result.metadata:
-                details[metric] = dict(result.metadata)
-            if result.usage is not None:
-                usage = usage + result.usage
         return ItemRecord(
             name, item.id, position, output.text, scores, correct, details, latency, usage.cost_usd,
             usage.input_tokens, usage.output_tokens, calls, attempts,
@@ -183,9 +354,16 @@ class Run:
 
     async def run(self) -> dict[str, EvaluationResults]:
         started = time.perf_counter()
-        self.journal.begin(self.describe())
+        self.open()
+        try:
+            return await self._run(started)
+        finally:
+            self.close()
+
+    async def _run(self, started: float) -> dict[str, EvaluationResults]:
         done = {name: self.journal.finished(name) for name in self.systems}
         self.stopped = None
+        budget_stop = False
         spent, unpriced = self.journal.spent()
         if self.budget is not None:
             self.budget.begin(spent)
@@ -194,8 +372,10 @@ class Run:
         display = ProgressDisplay(total, stats=self.stats, budget=self.budget, enabled=self.progress_enabled)
 
         async def worker() -> None:
+            nonlocal budget_stop
             while self.stopped is None:
                 if self.budget is not None and self.budget.exhausted:
+                    budget_stop = True
                     self.stopped = self.budget.describe()
                     return
                 unit = next(units, None)
@@ -219,16 +399,24 @@ class Run:
                         group.create_task(worker())
             except BaseExceptionGroup as failed:  # surface the error itself, not a group of one
                 raise failed.exceptions[0] from None
+        if budget_stop and self.budget is not None:  # the items in flight have finished: say what was spent in all
+            final, unknown = self.journal.spent()
+            self.stopped = self.budget.describe(spent_usd=final, unpriced=unknown)
         wall = time.perf_counter() - started
         return {name: self._summarize(name, wall) for name in self.systems}
 
     def _summarize(self, system: str, wall: float) -> EvaluationResults:
-        """Metrics from the journal, streamed in dataset order: only number arrays are held."""
-        series: dict[str, list[float]] = {m: [] for m in (*self.names, "accuracy", "error_rate")}
+        """Metrics from the journal, streamed in dataset order: only number arrays are held.
+
+        One entry per record in every series: an evaluator named ``accuracy`` is the
+        accuracy series itself (see :func:`_unique_names`), never counted twice.
+        """
+        scored = [m for m in self.names if m != "accuracy"]
+        series: dict[str, list[float]] = {m: [] for m in (*scored, "accuracy", "error_rate")}
         latencies: list[float] = []
         known, unpriced, tokens_in, tokens_out, calls, retries = 0.0, 0, 0, 0, 0, 0
         for r in self.journal.records(system):
-            for m in self.names:
+            for m in scored:
                 series[m].append(r.scores.get(m, 0.0))
             series["accuracy"].append(float(r.correct.get(self.names[0], False)))
             series["error_rate"].append(float(not r.ok))
@@ -246,7 +434,7 @@ class Run:
             system=system,
             metrics={m: interval.value for m, interval in intervals.items()},
             intervals=intervals,
-            n_items=len(series["accuracy"]),
+            n_items=len(series["error_rate"]),
             n_errors=int(sum(series["error_rate"])),
             cost_usd=None if unpriced else known,
             known_cost_usd=known,

@@ -100,7 +100,8 @@ NODE_TYPES: dict[str, NodeType] = {
 MAX_COUNT = 1024
 MAX_DEPTH = 32
 _TYPES = sorted(NODE_TYPES)
-_NODE_START = re.compile(rf"^[0-9]+:({'|'.join(sorted(NODE_TYPES, key=len, reverse=True))})(:|$)")
+#: ``COUNT:`` then anything: notation (no provider is named by digits), so a bad TYPE gets the builder's error.
+_NODE_START = re.compile(r"^[0-9]+:")
 _COUNT = re.compile(r"[0-9]+")
 _TEMP = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
@@ -108,19 +109,73 @@ Notation = str | Sequence[Any]
 
 
 def is_notation(text: str) -> bool:
-    """Whether ``text`` is compact notation (a node, nodes joined by commas, or a list literal)."""
+    """Whether ``text`` is compact notation (a node, nodes joined by commas, or a list literal).
+
+    Anything that starts ``COUNT:`` is notation, even with an unknown TYPE (no model id
+    starts with digits), so ``1:X:openai:gpt-4o:0.5`` is reported as a bad node, not as
+    an unknown provider ``1``:
+
+    >>> is_notation("1:X:openai:gpt-4o:0.5"), is_notation("3"), is_notation("openai:gpt-4o")
+    (True, False, False)
+    """
     text = text.strip()
     return text.startswith("[") or bool(_NODE_START.match(text))
 
 
+def _column(line: str, byte_offset: int) -> int:
+    """The character column of a UTF-8 byte offset (``ast`` counts bytes)."""
+    return len(line.encode("utf-8")[:byte_offset].decode("utf-8", errors="ignore"))
+
+
+def _literal(text: str) -> Notation:
+    """A list literal of strings (and lists), or a :class:`NotationError` with a caret at the fault."""
+    lines = text.splitlines() or [text]
+
+    def fail(reason: str, line: int, column: int, width: int = 1) -> NotationError:
+        line = min(max(line, 1), len(lines))
+        where = "notation" if len(lines) == 1 else f"notation line {line}"
+        return NotationError(reason, where=where, node=lines[line - 1], column=max(column, 0), width=width)
+
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as error:
+        column = (error.offset or 1) - 1  # SyntaxError counts characters from 1
+        hint = " (quote every node: [\"3:E:MODEL:0.7\", \"1:MC\"])" if error.msg == "invalid syntax" else ""
+        raise fail(f"not a valid list literal: {error.msg}{hint}", error.lineno or 1, column) from None
+    except (ValueError, RecursionError, MemoryError) as error:  # null bytes; absurd nesting
+        reason = "nested too deeply" if not isinstance(error, ValueError) else str(error)
+        raise NotationError(f"not a valid list literal: {reason}", where="notation") from None
+    for node in ast.walk(tree.body):
+        if isinstance(node, (ast.List, ast.Tuple, ast.Constant, ast.Load)):
+            continue
+        line = lines[min(node.lineno, len(lines)) - 1]
+        start = _column(line, node.col_offset)
+        end = _column(line, node.end_col_offset) if node.end_lineno == node.lineno and node.end_col_offset else start + 1
+        raise fail(
+            f"not a valid list literal: only quoted node strings and [lists] may appear, found {type(node).__name__}",
+            node.lineno, start, end - start,
+        )  # fmt: skip
+    try:
+        return ast.literal_eval(tree)
+    except (ValueError, TypeError, RecursionError, MemoryError) as error:  # pragma: no cover - the walk above
+        raise NotationError(f"not a valid list literal: {error}", where="notation") from None
+
+
 def parse_notation(text: str) -> Notation:
-    """The notation object :func:`build_graph` takes, from its one-string form."""
+    """The notation object :func:`build_graph` takes, from its one-string form.
+
+    A malformed list literal raises :class:`NotationError` pointing at the fault:
+
+    >>> parse_notation('["3:E:m:0.7" "1:MC"')
+    Traceback (most recent call last):
+    ...
+    ember.non._notation.NotationError: notation: not a valid list literal: '[' was never closed
+        ["3:E:m:0.7" "1:MC"
+        ^
+    """
     text = text.strip()
     if text.startswith("["):
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError) as error:
-            raise NotationError(f"not a valid list literal: {error}", where="notation") from None
+        return _literal(text)
     nodes = [node.strip() for node in text.split(",")]
     return nodes[0] if len(nodes) == 1 else nodes
 
