@@ -342,6 +342,16 @@ def test_provider_limits_are_one_budget_shared_by_its_model_ids(loopback_models)
     assert _max_in_flight([r for r in records if r.model == "gpt-4o-mini"]) >= 3
 
 
+def test_a_provider_budget_above_the_default_is_not_capped_by_it(loopback_models):
+    server, service, config = loopback_models.server, loopback_models.service, loopback_models.config
+    config.update_config("model_registry", {"default_max_concurrency": 4, "providers": {"openai": {"max_concurrency": 12}}})
+    server.latency = 0.2
+    futures = [service.submit("openai:gpt-4o", f"q{i}", sample_index=i) for i in range(24)]
+    for future in futures:
+        future.result()
+    assert server.stats.max_in_flight == 12
+
+
 def test_adapter_exceptions_become_typed_non_retryable_errors(loopback_models):
     from ember.models import Provider, register_provider
 

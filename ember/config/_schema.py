@@ -238,8 +238,9 @@ def _model_id(model_id: str) -> str:
 class ModelRegistryConfig(_Model):
     """Providers, extra model entries, and the defaults of the call path (timeouts, retries).
 
-    ``default_max_concurrency`` is each model id's own concurrency limit when its entry sets
-    none; a provider's ``max_concurrency`` is a separate budget shared by all its model ids.
+    ``default_max_concurrency`` is each model id's own concurrency limit when neither its entry
+    nor its provider sets one; a provider's ``max_concurrency`` is one budget shared by all its
+    model ids.
     """
 
     providers: ProvidersConfig = Field(default_factory=ProvidersConfig)

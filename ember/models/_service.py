@@ -7,8 +7,9 @@ model (registry + config, cached per config revision) -> response cache -> RPM/T
 release the slot, back off (honouring Retry-After) and try again -> price the usage ->
 record it -> cache it.
 
-Budgets: each model id has its own limiter (its ``rate_limit``, else
-``default_max_concurrency`` slots), and a provider whose config sets ``max_concurrency``,
+Budgets: each model id has its own limiter (its ``rate_limit``; with no concurrency of its
+own, as many slots as its provider's ``max_concurrency``, else ``default_max_concurrency``),
+and a provider whose config sets ``max_concurrency``,
 ``rpm`` or ``tpm`` has one more, shared by all its model ids; a call takes rate budget and
 a slot from both (the model's slot first, so a call waiting for its model holds none of
 the provider's).
@@ -269,10 +270,11 @@ class ModelService:
         adapter = self.factory.create_model(info)
         section = self.config_manager.get_config("model_registry")
         provider_config = section.providers.get(info.provider.name)
+        concurrency = getattr(provider_config, "max_concurrency", None) or section.default_max_concurrency
         route = _Route(
             info=info,
             adapter=adapter,
-            limiter=self._limiter(info, section.default_max_concurrency),
+            limiter=self._limiter(info, concurrency),
             provider_limiter=self._provider_limiter(info.provider.name, provider_config),
             timeout=adapter.settings.timeout,
             max_retries=section.max_retries,
@@ -286,7 +288,12 @@ class ModelService:
         return route
 
     def _limiter(self, info: ModelInfo, default_concurrency: int) -> ModelLimiter:
-        """One limiter per model id for the process, from the model's own ``rate_limit``."""
+        """One limiter per model id for the process, from the model's own ``rate_limit``.
+
+        A model without a concurrency limit of its own gets ``default_concurrency`` slots: its
+        provider's budget when the provider sets one (so ``max_concurrency: 200`` on a provider
+        really allows 200 in flight), else the registry's default.
+        """
         own = info.rate_limit
         limits = (own.max_concurrency or default_concurrency, own.rpm, own.tpm)
         with self._lock:
