@@ -147,6 +147,34 @@ def test_a_planted_key_never_reaches_the_result(monkeypatch, isolation):
         assert "PARENT-HIDDEN" in result.metadata["stderr"] and "NO-KEY" in result.metadata["stderr"]
 
 
+PIPELINE = """\
+import sys
+from ember.data import DatasetItem
+from ember.eval import CodeExecutionEvaluator, EvaluationPipeline
+
+journal, hunt = sys.argv[1], open(sys.argv[2]).read()
+item = DatasetItem("sq", "Write square(x).", "", metadata={"tests": "assert square(3) == 9"})
+answer = lambda prompt: "```python\\n" + hunt + "\\n```"
+results = EvaluationPipeline([item], [CodeExecutionEvaluator(timeout=5.0)], answer, journal=journal, progress=False).evaluate()
+print([r.to_dict() for r in results.records])
+"""
+
+
+def test_an_evaluation_started_with_the_key_exported_keeps_it_out_of_results_and_journal(tmp_path):
+    key = "planted" + secrets.token_hex(20)  # no provider's key shape: only real protection hides it
+    script, hunt, journal = tmp_path / "run.py", tmp_path / "hunt.py", tmp_path / "run.sqlite"
+    script.write_text(PIPELINE)
+    hunt.write_text(HUNT.format(parent="self", holder="self"))
+    env = {**os.environ, "OPENAI_API_KEY": key}
+    run = subprocess.run([sys.executable, str(script), str(journal), str(hunt)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "hunted" in run.stdout  # the program did run, and its output was kept
+    assert key not in run.stdout and key not in run.stderr
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("run.sqlite*"))
+    assert stored and key.encode() not in stored
+
+
 @needs_isolation
 def test_isolated_code_cannot_read_or_write_the_users_files(tmp_path):
     secret = tmp_path / "notes.txt"
