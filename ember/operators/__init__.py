@@ -12,6 +12,7 @@ from ember.operators._errors import (
     SpecificationError,
     StructuredOutputError,
 )
+from ember.operators._intercept import CallHook, current_hook, intercept_calls
 from ember.operators._lm import LMModule, LMOperator
 from ember.operators._model import EmberModel, Record
 from ember.operators._most_common import MostCommon, MostCommonInput, MostCommonOutput, majority_vote, normalize_answer
@@ -26,6 +27,7 @@ from ember.operators._synthesis import CandidatesInput, JudgeSynthesis, JudgeSyn
 from ember.operators._verifier import Verifier, VerifierInput, VerifierOutput
 
 __all__ = [
+    "CallHook",
     "CandidatesInput",
     "EmberModel",
     "Ensemble",
@@ -58,6 +60,8 @@ __all__ = [
     "Verifier",
     "VerifierInput",
     "VerifierOutput",
+    "current_hook",
+    "intercept_calls",
     "majority_vote",
     "normalize_answer",
     "operator_registry",

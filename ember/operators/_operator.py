@@ -47,6 +47,7 @@ import jax
 import numpy as np
 from pydantic import BaseModel
 
+from ember.operators._intercept import current_hook, intercept_calls
 from ember.operators._model import Record
 from ember.operators._specification import Specification
 
@@ -161,6 +162,16 @@ class Operator(Generic[InT, OutT], metaclass=_OperatorMeta):
         if inputs is not None and fields:
             raise TypeError(f"{type(self).__name__}: pass inputs= or keyword fields, not both")
         raw = fields if inputs is None else inputs
+        hook = current_hook()
+        if hook is not None:  # the execution engine is recording or rescheduling calls
+            return hook(self, raw, self._call_unhooked)
+        return self._call(raw)
+
+    def _call_unhooked(self, raw: Any) -> OutT:
+        with intercept_calls(None):
+            return self._call(raw)
+
+    def _call(self, raw: Any) -> OutT:
         spec = self.specification
         if spec is not None:
             return spec.validate_output(self.forward(inputs=spec.validate_inputs(raw)))

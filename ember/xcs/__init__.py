@@ -1,0 +1,3 @@
+"""The execution engine: graphs of operators, schedulers, jit and autograph (being built)."""
+
+__all__: list[str] = []
