@@ -46,6 +46,9 @@ SEED_ALIASES: dict[str, str | None] = {
     "ember.core.utils.eval.pipeline": "ember.eval",
     "ember.core.utils.eval.evaluators": "ember.eval",
     "ember.api.operator": "ember.api.operators",
+    "ember.xcs.graph": "ember.xcs",
+    "ember.xcs.engine": "ember.xcs",
+    "ember.xcs.tracer": "ember.xcs",
 }
 
 

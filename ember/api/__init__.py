@@ -1,12 +1,12 @@
 """Ember's public API, one submodule per area; each loads on first use.
 
->>> from ember.api import models, non, operators, data
+>>> from ember.api import models, non, operators, data, xcs
 >>> from ember.api.operators import Operator, Specification, EmberModel
 """
 
 import importlib as _importlib
 
-__all__ = ["data", "models", "non", "operators"]
+__all__ = ["data", "models", "non", "operators", "xcs"]
 
 
 def __getattr__(name: str):
