@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 JUDGE_JSON = '{"reasoning": "the candidates agree", "final_answer": "%s"}'
 
@@ -63,3 +63,27 @@ def point_ember_at(base_url: str, *, concurrency: int) -> None:
     get_config_manager().update_config(
         "model_registry", {"providers": {"openai": {"max_concurrency": concurrency}}, "default_timeout": 120}
     )
+
+
+def compare(work: Mapping[str, Callable[[], int]], *, repeat: int, n_calls: int, limit: float, goal: float = 1.15) -> None:
+    """Run each of ``work`` (baseline first, then the candidate) ``repeat`` times, alternating,
+    so a burst of load on a shared machine does not land on one side only; print the best
+    wall and CPU of each against the latency-bound ``limit``, then candidate / baseline.
+
+    Each callable returns the number of calls it made, which must be ``n_calls``.
+    """
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in work}
+    for _ in range(repeat):
+        for name, run in work.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            calls = run()
+            runs[name].append((time.perf_counter() - start, time.process_time() - cpu))
+            assert calls == n_calls, (name, calls, n_calls)
+    best = {name: min(times) for name, times in runs.items()}
+    for name, (wall, cpu) in best.items():
+        every = ", ".join(f"{w:.1f}" for w, _ in runs[name])
+        print(f"{name:>13}: {wall:7.2f} s  ({wall / limit:5.1f} x limit)  {n_calls / wall:6.0f} calls/s  "
+              f"cpu {cpu:6.1f} s  (walls: {every})")  # fmt: skip
+    baseline, candidate = list(work)
+    ratio = best[candidate][0] / best[baseline][0]
+    print(f"{candidate}/{baseline} = {ratio:.3f}  (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'})")

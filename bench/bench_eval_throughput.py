@@ -20,10 +20,9 @@ import math
 import os
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _loopback import loopback_process, point_ember_at
+from _loopback import compare, loopback_process, point_ember_at
 
 MODEL = "openai:gpt-4o-mini"
 
@@ -89,27 +88,13 @@ def main() -> None:
         asyncio.run(bare(10, args.concurrency, base_url))  # warm both paths: SDK import, connections
         ember_run(10, args.concurrency)
         work = {
-            "bare asyncio": lambda: asyncio.run(bare(args.items, args.concurrency, base_url)),
+            "bare": lambda: asyncio.run(bare(args.items, args.concurrency, base_url)),
             "ember": lambda: ember_run(args.items, args.concurrency),
         }
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in work}
-        for _ in range(args.repeat):
-            for name, run in work.items():
-                start, cpu = time.perf_counter(), time.process_time()
-                calls = run()
-                runs[name].append((time.perf_counter() - start, time.process_time() - cpu))
-                assert calls == n_calls, (name, calls, n_calls)
-    print(f"{args.items} items x (5-way ensemble + judge) = {n_calls} calls, latency {args.latency * 1000:.0f} ms, "
-          f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, best of {args.repeat}")  # fmt: skip
-    print(f"latency-bound limit: ceil({n_calls}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
-    best = {name: min(times) for name, times in runs.items()}
-    for name, (wall, cpu) in best.items():
-        every = ", ".join(f"{w:.1f}" for w, _ in runs[name])
-        print(f"{name:>13}: {wall:7.2f} s  ({wall / limit:5.1f} x limit)  {n_calls / wall:6.0f} calls/s  "
-              f"cpu {cpu:6.1f} s  (walls: {every})")  # fmt: skip
-    ratio = best["ember"][0] / best["bare asyncio"][0]
-    print(f"ember/bare = {ratio:.3f}  (goal <= 1.15: {'met' if ratio <= 1.15 else 'NOT met'})")
-
+        print(f"{args.items} items x (5-way ensemble + judge) = {n_calls} calls, latency {args.latency * 1000:.0f} ms, "
+              f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, best of {args.repeat}")  # fmt: skip
+        print(f"latency-bound limit: ceil({n_calls}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
+        compare(work, repeat=args.repeat, n_calls=n_calls, limit=limit)
 
 if __name__ == "__main__":
     main()

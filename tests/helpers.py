@@ -1,8 +1,11 @@
 """Helpers shared by several test modules (fixtures live in ``conftest.py``).
 
-The seed's Operator System example types, as the architecture document writes them, and a
-scripted responder for the loopback server.
+The seed's Operator System example types, as the architecture document writes them, a
+scripted responder for the loopback server, and a poll for what the server records
+asynchronously.
 """
+
+import time
 
 from ember.api.operators import EmberModel, Specification
 
@@ -27,3 +30,11 @@ def replies(*texts):
     """A loopback responder that answers with ``texts`` in order, one per request."""
     queue = list(texts)
     return lambda request: queue.pop(0)
+
+
+def eventually(condition, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes (the server records asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()

@@ -9,19 +9,13 @@ import threading
 import time
 
 import pytest
+from helpers import eventually
 
 from ember._runtime import Cancelled, TaskGroup, UsageScope, UsageStats
 from ember.testing import Fault, LoopbackServer
 
 MODEL = "openai:gpt-4o-mini"
 
-
-def eventually(condition, timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (the server records asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def closed_requests(server) -> int:

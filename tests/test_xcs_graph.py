@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from helpers import eventually
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,12 +33,6 @@ from ember.xcs import (
 MODEL = "openai:gpt-4o"
 SCHEDULERS = ("sequential", "wave", "parallel", "auto")
 
-
-def eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def judge_responder(request) -> str:

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from helpers import eventually
 
 from ember.api import non
 from ember.api.operators import EmberModel, LMModule, LMOperator, MostCommon, Operator, Record
@@ -14,12 +15,6 @@ from ember.xcs._lazy import Lazy
 
 MODEL = "openai:gpt-4o-mini"
 
-
-def eventually(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def bodies(records) -> list[str]:
