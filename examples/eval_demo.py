@@ -36,6 +36,8 @@ def main() -> None:
     from ember.data import INSTRUCTIONS, DataService, RandomSampler
     from ember.eval import (
         ExactMatchEvaluator,
+        Journal,
+        JournalMismatchError,
         ModelSystem,
         NumericEvaluator,
         OperatorSystem,
@@ -70,9 +72,16 @@ def main() -> None:
         console.print(f"resuming from {journal}: finished items are not run again")
     console.print(f"{len(data)} minibench items x 3 systems, model {MODEL} (first call loads and compiles it)")
     started = time.perf_counter()
-    results = compare_systems(
-        data, systems, [evaluator], prompt=f"{INSTRUCTIONS['short_answer']}\n\n{{query}}", concurrency=16, journal=journal
-    )
+
+    def run(journal: Path | Journal) -> dict:
+        prompt = f"{INSTRUCTIONS['short_answer']}\n\n{{query}}"
+        return compare_systems(data, systems, [evaluator], prompt=prompt, concurrency=16, journal=journal)
+
+    try:
+        results = run(journal)
+    except JournalMismatchError as mismatch:  # written by another version of this demo: start over
+        console.print(f"[yellow]not resuming:[/yellow] {mismatch}\nstarting {journal} afresh")
+        results = run(Journal(journal, fresh=True))
     console.print(comparison_table(results, title=f"minibench, {len(data)} items ({time.perf_counter() - started:.0f} s)"))
     for name, r in results.items():
         if r.n_errors:
