@@ -6,7 +6,9 @@ small machine the client's per-call cost is what is being measured.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
 import os
 import re
 import socket
@@ -87,3 +89,16 @@ def compare(work: Mapping[str, Callable[[], int]], *, repeat: int, n_calls: int,
     baseline, candidate = list(work)
     ratio = best[candidate][0] / best[baseline][0]
     print(f"{candidate}/{baseline} = {ratio:.3f}  (goal <= {goal}: {'met' if ratio <= goal else 'NOT met'})")
+
+
+def throughput_arguments(description: str) -> tuple[argparse.Namespace, int, float]:
+    """The options of the 2,000-item ensemble + judge benches; also the call count and the
+    latency-bound limit ceil(calls / concurrency) x latency."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    n_calls = args.items * 6
+    return args, n_calls, math.ceil(n_calls / args.concurrency) * args.latency

@@ -14,15 +14,13 @@ seconds this process spent are printed too.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import math
 import os
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _loopback import compare, loopback_process, point_ember_at
+from _loopback import compare, loopback_process, point_ember_at, throughput_arguments
 
 MODEL = "openai:gpt-4o-mini"
 
@@ -73,14 +71,7 @@ def ember_run(n_items: int, concurrency: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
-    n_calls = args.items * 6
-    limit = math.ceil(n_calls / args.concurrency) * args.latency
+    args, n_calls, limit = throughput_arguments(__doc__.splitlines()[0])
     with loopback_process(args.latency) as base_url:
         point_ember_at(base_url, concurrency=args.concurrency)
         import ember.non  # noqa: F401 - import cost (JAX) is not part of the run being timed

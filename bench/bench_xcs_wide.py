@@ -12,14 +12,12 @@ else. The loopback server runs in its own process at 50 ms latency. Prints ember
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _loopback import compare, loopback_process, point_ember_at
+from _loopback import compare, loopback_process, point_ember_at, throughput_arguments
 from bench_eval_throughput import MODEL, bare
 
 
@@ -61,14 +59,7 @@ def ember_run(graph, n_items: int, concurrency: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--latency", type=float, default=0.05)
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
-    n_calls = args.items * 6
-    limit = math.ceil(n_calls / args.concurrency) * args.latency
+    args, n_calls, limit = throughput_arguments(__doc__.splitlines()[0])
     with loopback_process(args.latency) as base_url:
         point_ember_at(base_url, concurrency=args.concurrency)
         graph, warm = build_graph(args.items), build_graph(10)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from ember._runtime import Cancelled, TaskGroup, UsageScope, current_scope
+from ember._runtime import Cancelled, TaskGroup, UsageScope, check_cancelled, current_scope
 from ember.xcs._compile import GraphPlan
 from ember.xcs._errors import GraphError, NodeExecutionError
 from ember.xcs._options import ExecutionOptions
@@ -183,10 +183,8 @@ class SequentialScheduler:
         self, plan: GraphPlan, inputs: Mapping[str, Any], options: ExecutionOptions, trace: ExecutionTrace
     ) -> dict[str, Any]:
         run = _Run(plan, inputs, options, trace)
-        scope = current_scope()
         for node_id in plan.order:
-            if scope is not None:
-                scope.check()
+            check_cancelled()
             if run.runnable(node_id):
                 run.run_node(node_id)
         return run.finish()
@@ -204,9 +202,7 @@ class WaveScheduler:
         for level in plan.levels:
             todo = [n for n in level if run.runnable(n)]
             if len(todo) == 1:  # a lone node runs inline: no group, no hand-off
-                scope = current_scope()
-                if scope is not None:
-                    scope.check()
+                check_cancelled()
                 run.run_node(todo[0])
             elif todo:
                 with TaskGroup() as group:
