@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fresh", action="store_true", help="discard an existing journal for these settings and start over")
     ev.add_argument("--report", type=Path, help="report path without extension (default: reports/<journal name>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--devices", type=_number(int, low=1, what="--devices"), default=1, metavar="N",
+                    help="split local-model batches over the first N devices (default 1)")  # fmt: skip
     ev.set_defaults(run=_eval, parser=ev)
 
     models = commands.add_parser("models", help="list the models in the registry")
@@ -179,6 +181,18 @@ def _writable(path: Path, what: str) -> None:
         raise EmberError(f"cannot write {what} {path}: {error.strerror or error}") from None
 
 
+def _mesh(devices: int) -> Any:
+    """``--devices N``: a 1-D mesh of the default backend's first N devices; none for 1 (no jax import)."""
+    if devices == 1:
+        return None
+    from ember.local import batch_mesh
+
+    try:
+        return batch_mesh(devices)
+    except ValueError as error:
+        raise _UsageError(f"--devices {devices}: {error}") from None
+
+
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -188,6 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     console = Console()
     systems = _systems(args.system)
+    mesh = _mesh(args.devices)
     data, task, instruction = _load(args)
     evaluators = _evaluators(args.evaluator, task)
     if instruction:  # the dataset's instruction is text, not a template: its braces are literal
@@ -215,7 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
     journal = Journal(journal_path, fresh=args.fresh)
     try:
         options = RunOptions(prompt=prompt, concurrency=args.concurrency, journal=journal, budget=args.budget,
-                             progress=False if args.no_progress else None)  # fmt: skip
+                             progress=False if args.no_progress else None, mesh=mesh)  # fmt: skip
         run = Run(data, wrapped, evaluators, options, fingerprint=(count, sha))
         finished = run.open()  # the journal is ours, and holds this run (or none yet)
         if finished:

@@ -33,7 +33,9 @@ class EvaluationPipeline:
     """Evaluate one system (``model``: a model id, NON notation, operator or function) on ``dataset``.
 
     Keywords are :class:`RunOptions` fields (``prompt``, ``concurrency``, ``journal``,
-    ``budget``, ``progress``, ``service``), or pass ``options=RunOptions(...)``.
+    ``budget``, ``progress``, ``service``, ``mesh``), or pass ``options=RunOptions(...)``.
+    ``mesh`` (a ``jax.sharding.Mesh`` with a ``"batch"`` axis, or a device count) splits the
+    local model's generations over devices; answers, journal and resume are unchanged.
     ``journal`` (a path) makes the run resumable: run the same pipeline again after an
     interruption and finished items are not called again. The journal is bound to the
     run's identity (the dataset's content, the systems, evaluators and prompt): another

@@ -24,12 +24,18 @@ Design, and why:
   another worker's failure), the item's calls are cancelled on the I/O loop, so the
   process stops within a second instead of waiting out slow requests. Items committed
   before that stay in the journal.
+- *Sharding.* With ``mesh``, each item runs under :func:`ember.local.use_mesh`, so the
+  local model's generations (the micro-batched calls of many items in flight) are split
+  over the mesh's batch axis. Sharding moves rows, not arithmetic: greedy answers equal
+  the unsharded ones, so the mesh is not part of the run's identity and a run started
+  on one device resumes on eight (or the reverse).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -68,7 +74,10 @@ class RunOptions:
     - ``journal``: a path (resumable) or a :class:`Journal`; ``None`` keeps it in memory;
     - ``budget``: a :class:`CostBudget` or a number of USD;
     - ``progress``: ``None`` shows a bar on terminals;
-    - ``service``: the :class:`~ember.models.ModelService` for systems named by model id.
+    - ``service``: the :class:`~ember.models.ModelService` for systems named by model id;
+    - ``mesh``: a ``jax.sharding.Mesh`` with a ``"batch"`` axis, or an int N (the first N
+      devices on a 1-D ``"batch"`` mesh; 1 is no mesh): the local model's generations are
+      split over it (see :func:`ember.local.use_mesh`). Results do not change.
     """
 
     prompt: PromptSpec = None
@@ -77,10 +86,16 @@ class RunOptions:
     budget: CostBudget | float | None = None
     progress: bool | None = None
     service: Any = None
+    mesh: Any = None
 
     def __post_init__(self) -> None:
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, got {self.concurrency!r}")
+        mesh = self.mesh  # checked without importing jax: a run without a mesh never loads it
+        if isinstance(mesh, bool) or (isinstance(mesh, int) and mesh < 1):
+            raise ValueError(f"mesh must be a jax.sharding.Mesh or a device count >= 1, got {mesh!r}")
+        if mesh is not None and not isinstance(mesh, int) and "batch" not in getattr(mesh, "axis_names", ()):
+            raise ValueError(f"mesh must be a jax.sharding.Mesh with a 'batch' axis or a device count, got {mesh!r}")
         if isinstance(self.prompt, str):
             template_fields(self.prompt)  # a malformed template fails here, before any call
 
@@ -248,6 +263,11 @@ class Run:
 
                 service = get_app_context().model_service
             self.stats = service.stats
+        self.mesh = None
+        if options.mesh is not None:  # imports jax: only runs that shard pay for it
+            from ember.local import batch_mesh
+
+            self.mesh = batch_mesh(options.mesh)
         self.stopped: str | None = None
         self._fingerprint = fingerprint
         self._opened = False
@@ -307,7 +327,7 @@ class Run:
         started = time.perf_counter()
         used, output, scores, correct, details = UsageScope(), None, {}, {}, {}
         usage = None
-        with open_scope() as scope:
+        with self._placement(), open_scope() as scope:
             try:
                 with used:  # the system's calls; evaluators' usage is added from their results
                     output = await system.arun(render_prompt(item, self.prompt))
@@ -351,6 +371,14 @@ class Run:
             name, item.id, position, output.text, scores, correct, details, latency, usage.cost_usd,
             usage.input_tokens, usage.output_tokens, calls, attempts,
         )  # fmt: skip
+
+    def _placement(self) -> contextlib.AbstractContextManager[Any]:
+        """Where the item's local generations run: split over :attr:`mesh`, if there is one."""
+        if self.mesh is None:
+            return contextlib.nullcontext()
+        from ember.local import use_mesh
+
+        return use_mesh(self.mesh)
 
     async def run(self) -> dict[str, EvaluationResults]:
         started = time.perf_counter()

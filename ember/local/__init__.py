@@ -9,8 +9,9 @@ Llama-architecture GGUF file with a byte-level BPE tokenizer works too::
     answer.text                               # 'The capital of France is Paris.'
 
 Many prompts go through one batched generation; pass ``mesh=`` to split the batch over
-devices. Prompts are strings or ``{"role", "content"}`` mappings; failures are
-:class:`LocalModelError` subclasses. The ``local`` model provider
+devices, or wrap code in ``with use_mesh(mesh):`` so every request made inside it (through
+the provider, which cannot be handed a mesh) is generated that way. Prompts are strings
+or ``{"role", "content"}`` mappings; failures are :class:`LocalModelError` subclasses. The ``local`` model provider
 (``local:smollm2-135m-instruct``) serves requests through :class:`MicroBatcher`, which
 groups concurrent requests into such batches and maps these errors onto the models layer's.
 """
@@ -25,6 +26,7 @@ from ember.local._errors import (
     UnsupportedModelError,
 )
 from ember.local._generate import Generation, GenerationConfig, GenerationStats
+from ember.local._mesh import MeshSpec, batch_mesh, current_mesh, use_mesh
 from ember.local._model import LocalModel, Prompt, default_dtype, load_model
 from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_path
 
@@ -38,13 +40,17 @@ __all__ = [
     "InvalidGenerationConfigError",
     "LocalModel",
     "LocalModelError",
+    "MeshSpec",
     "MicroBatcher",
     "ModelFileNotFoundError",
     "Prompt",
     "PromptTooLongError",
     "UnsupportedModelError",
+    "batch_mesh",
+    "current_mesh",
     "default_dtype",
     "load_model",
     "resolve_model_path",
     "shared_batcher",
+    "use_mesh",
 ]

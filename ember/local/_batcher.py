@@ -10,6 +10,12 @@ collecting for ``window_s`` (or until ``max_batch``), then generates the whole g
 Requests that arrive while a batch is generating wait and form the next batch. Callers
 get a ``concurrent.futures.Future``, so the asyncio provider awaits it with
 ``asyncio.wrap_future`` and never blocks the event loop.
+
+A request may carry a mesh (the provider passes :func:`ember.local.current_mesh`): its
+batch is generated with ``mesh=``, rows split over the mesh's batch axis, so a ``vmap``
+over prompts becomes one generation spread over devices. Requests are grouped by
+``(mesh, batch_axis)``: one generation has one placement, so requests under different
+meshes (or none) never share a batch, even when they arrive in the same window.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from concurrent.futures import Future
 
 from ember.local._errors import PromptTooLongError
 from ember.local._generate import Generation, GenerationConfig
+from ember.local._mesh import MeshSpec
 from ember.local._model import LocalModel, Prompt
 
 __all__ = ["MicroBatcher", "shared_batcher"]
@@ -34,6 +41,7 @@ class _Pending:
     deadline: float | None
     future: Future
     assistant_prefix: str = ""
+    mesh: MeshSpec | None = None
 
 
 class MicroBatcher:
@@ -50,9 +58,17 @@ class MicroBatcher:
         self._start_lock = threading.Lock()
         #: Batched generations run so far.
         self.batches = 0
+        #: Of those, the ones split over a mesh.
+        self.sharded_batches = 0
 
     def submit(
-        self, prompt: Prompt, config: GenerationConfig, *, deadline: float | None = None, assistant_prefix: str = ""
+        self,
+        prompt: Prompt,
+        config: GenerationConfig,
+        *,
+        deadline: float | None = None,
+        assistant_prefix: str = "",
+        mesh: MeshSpec | None = None,
     ) -> Future[Generation]:
         """Queue one prompt; the future resolves to its :class:`Generation` (or its error:
         :class:`PromptTooLongError` for a prompt that does not fit the context window).
@@ -60,10 +76,14 @@ class MicroBatcher:
         ``deadline`` (a ``time.monotonic()`` instant) stops the row with ``finish_reason``
         ``"timeout"``. Cancelling the future before its batch starts drops the request.
         ``assistant_prefix`` is text the reply must start with; generation continues it.
+        ``mesh`` (a :class:`MeshSpec`, e.g. :func:`~ember.local.current_mesh`) splits the
+        batch this request joins over the mesh's batch axis.
         """
+        if mesh is not None and not isinstance(mesh, MeshSpec):
+            raise TypeError(f"mesh must be a MeshSpec (see ember.local.current_mesh), got {type(mesh).__name__}")
         future: Future[Generation] = Future()
         self._ensure_worker()
-        self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix))
+        self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix, mesh))
         return future
 
     def close(self) -> None:
@@ -102,6 +122,13 @@ class MicroBatcher:
                 return
 
     def _serve(self, batch: list[_Pending]) -> None:
+        groups: dict[MeshSpec | None, list[_Pending]] = {}
+        for p in batch:  # one generation per placement, in order of first arrival
+            groups.setdefault(p.mesh, []).append(p)
+        for mesh, group in groups.items():
+            self._serve_group(group, mesh)
+
+    def _serve_group(self, batch: list[_Pending], mesh: MeshSpec | None) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
         model = self._model
         ready, ids = [], []
@@ -118,8 +145,12 @@ class MicroBatcher:
         if not ready:
             return
         self.batches += 1
+        placement = {} if mesh is None else {"mesh": mesh.mesh, "batch_axis": mesh.batch_axis}
+        if mesh is not None:
+            self.sharded_batches += 1
         try:
-            results = model.generate_tokens(ids, [p.config for p in ready], deadlines=[p.deadline for p in ready])
+            configs, deadlines = [p.config for p in ready], [p.deadline for p in ready]
+            results = model.generate_tokens(ids, configs, deadlines=deadlines, **placement)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
             for p in ready:
                 p.future.set_exception(exc)

@@ -15,6 +15,12 @@ Token counts come from the model's tokenizer; cost is left to the pricing layer 
 A JSON schema of scalar fields (``json_schema`` / ``response_format``) is followed by
 guided decoding (:mod:`ember.local._guided`), so even this small model answers in valid JSON.
 
+Requests made inside ``with ember.local.use_mesh(mesh):`` are generated sharded over the
+mesh's batch axis. The mesh is read from the request's context, which reaches this
+coroutine because :class:`~ember.models.ModelService` runs each call on the I/O loop in a
+copy of the caller's context (:func:`ember._runtime._loop.submit`); no request field is
+needed, and the response cache is right to ignore it (the tokens do not change).
+
 ``ember.local`` is a library below this layer: it takes plain ``{"role", "content"}``
 mappings and raises its own errors (:class:`ember.local.LocalModelError`). This adapter converts
 the request's messages and maps those errors onto the models layer's (a missing GGUF is
@@ -40,6 +46,7 @@ from ember.local import (
     LocalModelError,
     ModelFileNotFoundError,
     PromptTooLongError,
+    current_mesh,
     load_model,
     resolve_model_path,
     shared_batcher,
@@ -139,6 +146,7 @@ class LocalProvider(Provider):
             return await self._acomplete(request, model_id)
 
     async def _acomplete(self, request: ChatRequest, model_id: str) -> ProviderResult:
+        mesh = current_mesh()  # the caller's use_mesh: the context copied when the call was made
         path = resolve_model_path(request.model_name, self._aliases)
         # The first call loads the weights (seconds): on a worker thread, never on the loop.
         model = await asyncio.to_thread(load_model, path)
@@ -153,7 +161,7 @@ class LocalProvider(Provider):
 
         async def step(prefix: str, stop: tuple[str, ...], max_new_tokens: int) -> tuple[str, int]:
             step_config = dataclasses.replace(config, stop=stop, max_new_tokens=max_new_tokens)
-            future = batcher.submit(messages, step_config, deadline=deadline, assistant_prefix=prefix)
+            future = batcher.submit(messages, step_config, deadline=deadline, assistant_prefix=prefix, mesh=mesh)
             try:
                 # A little past the deadline: the row itself stops at the deadline, at the
                 # next decode chunk, and comes back with finish_reason "timeout".
