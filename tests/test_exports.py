@@ -47,6 +47,7 @@ SEED_IMPORTS = [
     "from ember.xcs import autograph, execute_graph, execution_options",
     "from ember.xcs import jit, execution_options",
     "import ember.api.xcs",
+    "from ember.xcs import vmap, pmap, compose, DeviceMesh, PartitionSpec, mesh_sharded",
 ]
 # The package table of the document: each path must import.
 SEED_PACKAGES = [
@@ -56,10 +57,6 @@ SEED_PACKAGES = [
     "ember.core.utils.eval", "ember.core.non", "ember.api.xcs", "ember.xcs", "ember.xcs.graph", "ember.xcs.engine",
     "ember.xcs.tracer",
 ]  # fmt: skip
-# The transforms arrive with the transforms issue; this flips to a failure then.
-SEED_TRANSFORM_IMPORTS = [
-    "from ember.xcs import vmap, pmap, compose, DeviceMesh, PartitionSpec, mesh_sharded",
-]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)
@@ -106,12 +103,6 @@ def test_no_shim_package_tree_exists():
     import ember
 
     assert not any(path.name == "core" for path in __import__("pathlib").Path(ember.__file__).parent.iterdir())
-
-
-@pytest.mark.xfail(raises=ImportError, strict=True, reason="the transforms are the transforms issue's work")
-@pytest.mark.parametrize("statement", SEED_TRANSFORM_IMPORTS)
-def test_seed_transform_imports(statement):
-    exec(statement, {})
 
 
 def test_import_ember_loads_no_sdk_or_jax():

@@ -120,6 +120,8 @@ def test_vote_and_filter_vote(server):
 
 
 class EnsembleOperator(Operator[EnsembleInput, EnsembleOutput]):
+    lm_modules: list[LMModule]
+
     def __init__(self, lm_modules):
         self.lm_modules = lm_modules
 

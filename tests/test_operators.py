@@ -83,6 +83,10 @@ class Echo(Operator):
 
 
 class Pipeline(Operator):
+    refiner: QuestionRefinement
+    ensemble: Echo
+    aggregator: MostCommon
+
     def __init__(self):
         self.refiner = QuestionRefinement()
         self.ensemble = Echo()
@@ -133,6 +137,8 @@ def test_operators_are_frozen_dataclasses():
 
 def test_inherited_custom_init_is_kept():
     class Base(Operator):
+        n: int
+
         def __init__(self, n: int):
             self.n = n
 

@@ -92,6 +92,10 @@ def test_the_seed_jit_examples_run_as_written(loopback_models):
 
     @jit(mode=JITMode.ENHANCED)
     class Pipeline(Operator):
+        refiner: QuestionRefinement
+        ensemble: non.UniformEnsemble
+        aggregator: MostCommon
+
         def __init__(self):
             self.refiner = QuestionRefinement("openai:gpt-4o")
             self.ensemble = non.UniformEnsemble(num_units=3, model_name="openai:gpt-4o")

@@ -65,6 +65,8 @@ class Vote(Operator[EnsembleInput, MostCommonOutput]):
     """``num_calls`` samples of one model, then majority vote (first-seen wins ties)."""
 
     specification = VoteSpecification()
+    ensemble: UniformEnsemble
+    aggregate: MostCommon
 
     def __init__(
         self,
@@ -90,6 +92,9 @@ class FilterVote(Operator[EnsembleInput, MostCommonOutput]):
     """
 
     specification = VoteSpecification()
+    ensemble: UniformEnsemble
+    filter: Filter
+    aggregate: MostCommon
 
     def __init__(
         self,

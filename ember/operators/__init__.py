@@ -12,6 +12,8 @@ from ember.operators._errors import (
     SpecificationError,
     StructuredOutputError,
 )
+from ember.operators._field import field
+from ember.operators._filters import combine, is_array, partition
 from ember.operators._intercept import CallHook, current_hook, intercept_calls
 from ember.operators._lm import LMModule, LMOperator
 from ember.operators._model import EmberModel, Record
@@ -60,10 +62,14 @@ __all__ = [
     "Verifier",
     "VerifierInput",
     "VerifierOutput",
+    "combine",
     "current_hook",
+    "field",
     "intercept_calls",
+    "is_array",
     "majority_vote",
     "normalize_answer",
     "operator_registry",
+    "partition",
     "register_operator",
 ]

@@ -1,13 +1,17 @@
 """Operator: a typed, frozen, pytree-registered unit of computation.
 
-Like an Equinox Module, an operator is a frozen dataclass and a JAX pytree. Fields that
-hold arrays or other operators (directly or in lists, tuples and dicts) are pytree
-children; everything else -- model ids, prompts, temperatures, services -- is static
-metadata. So ``jax.tree_util`` sees only what can be differentiated or traced, nested
-operators flatten into one tree, and ``jax.jit``/``jax.grad`` apply to array operators:
+Like an Equinox Module, an operator is a frozen dataclass and a JAX pytree, and what JAX
+sees of it is *declared* by its class, never guessed from the values of one instance. A
+field is a pytree child when its annotation names an array type (``jax.Array``,
+``np.ndarray``, ``jax.typing.ArrayLike``, ...) or an operator type, anywhere in it
+(``list[Operator]``, ``dict[str, Affine]``, ``jax.Array | None``); every other field --
+model ids, prompts, temperatures, services -- is static treedef metadata. So every
+instance of a class has the same children, whether it was built with an array or with
+``None`` there; ``jax.tree_util`` sees only what can be traced or differentiated; nested
+operators flatten into one tree; and ``jax.jit``/``jax.grad``/``jax.vmap`` apply:
 
 >>> import jax, jax.numpy as jnp
->>> from ember.operators import EmberModel, Operator, Specification
+>>> from ember.operators import EmberModel, Operator, Specification, field
 >>> class XIn(EmberModel):
 ...     x: jax.Array
 >>> class YOut(EmberModel):
@@ -24,9 +28,36 @@ operators flatten into one tree, and ``jax.jit``/``jax.grad`` apply to array ope
 >>> jax.jit(lambda op, x: op(x=x).y)(op, 2.0)
 Array(6., dtype=float32, weak_type=True)
 
-Fields are declared with annotations (a dataclass ``__init__`` is generated) or assigned
-in a custom ``__init__``; either way the instance is frozen once construction returns.
-Which fields are children is decided then, from their values, and kept in the treedef.
+:func:`~ember.operators.field` overrides the annotation: ``field(static=True)`` keeps an
+array out of the leaves, a constant to JAX; ``field(static=False)`` makes a field a child
+whatever its annotation says:
+
+>>> class Masked(Operator):
+...     w: jax.Array
+...     mask: jax.Array = field(static=True)
+...     def forward(self, *, inputs):
+...         return self.w * self.mask
+>>> len(jax.tree_util.tree_leaves(Masked(w=jnp.ones(2), mask=jnp.array([1.0, 0.0]))))
+1
+
+Annotations are resolved at the first construction of a class (so they may name classes
+defined after it) in the defining module and class body; a name that does not resolve
+there (one imported only under ``TYPE_CHECKING``) counts as static. Declarations are
+checked when an instance is built: assigning an undeclared attribute, or putting an array
+or operator into a field that is static only by its annotation, raises ``TypeError``:
+
+>>> class Sloppy(Operator):
+...     def __init__(self):
+...         self.w = jnp.ones(2)
+...     def forward(self, *, inputs):
+...         return self.w
+>>> Sloppy()
+Traceback (most recent call last):
+TypeError: Sloppy has no field 'w': annotate it at class level (w: jax.Array, ...
+
+Fields are declared with annotations (a dataclass ``__init__`` is generated) and may be
+assigned in a hand-written ``__init__`` instead; either way the instance is frozen once
+construction returns. ``ClassVar`` annotations (``specification``) are not fields.
 
 Calling: ``op(inputs={...})``, ``op(inputs=InModel(...))`` or ``op(field=...)``. Inputs
 are validated into the specification's input model before ``forward`` runs and the result
@@ -40,6 +71,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import sys
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
@@ -47,6 +79,8 @@ import jax
 import numpy as np
 from pydantic import BaseModel
 
+from ember.operators._annotations import mentions
+from ember.operators._field import declared_static
 from ember.operators._intercept import current_hook, intercept_calls
 from ember.operators._model import Record
 from ember.operators._specification import Specification
@@ -56,6 +90,7 @@ __all__ = ["Operator"]
 InT = TypeVar("InT")
 OutT = TypeVar("OutT")
 _LAYOUT = "__ember_layout__"
+_FIELDS = "__ember_fields__"
 
 
 class _Static:
@@ -87,27 +122,83 @@ class _Static:
         return ", ".join(f"{name}={value!r:.40}" for name, value in self.items)
 
 
+class _Fields(NamedTuple):
+    """What JAX sees of one operator class, decided once from its declarations."""
+
+    order: tuple[str, ...]  # all fields, in declaration order (for repr)
+    children: tuple[str, ...]  # pytree children
+    static: tuple[str, ...]  # treedef metadata
+    checked: tuple[tuple[str, str], ...]  # (name, annotation) of the fields static by annotation only
+    names: frozenset[str]
+
+
 class _Layout(NamedTuple):
-    order: tuple[str, ...]  # all fields, in assignment order (for repr)
-    dynamic: tuple[str, ...]  # pytree children
+    """One instance's treedef metadata: its class's fields and its static values."""
+
+    order: tuple[str, ...]
+    dynamic: tuple[str, ...]
     static: _Static
 
 
-def _is_dynamic(value: Any) -> bool:
-    if isinstance(value, (jax.Array, np.ndarray, Operator)):
+def _fields(cls: type[Operator]) -> _Fields:
+    cached = vars(cls).get(_FIELDS)  # per class, not inherited: a subclass declares its own
+    if cached is None:
+        cached = _declare(cls)
+        setattr(cls, _FIELDS, cached)
+    return cached
+
+
+def _declare(cls: type[Operator]) -> _Fields:
+    owners = {name: klass for klass in reversed(cls.__mro__) for name in vars(klass).get("__annotations__", {})}
+    order = tuple(f.name for f in dataclasses.fields(cls))
+    children: list[str] = []
+    static: list[str] = []
+    checked: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cls):
+        explicit = declared_static(f)
+        if explicit is not None:
+            is_child = not explicit
+        else:
+            is_child = mentions(f.type, _namespace(owners.get(f.name, cls)), _CHILD_TYPES)
+            if not is_child:
+                checked.append((f.name, f.type if isinstance(f.type, str) else repr(f.type)))
+        (children if is_child else static).append(f.name)
+    return _Fields(order, tuple(children), tuple(static), tuple(checked), frozenset(order))
+
+
+def _namespace(owner: type) -> dict[str, Any]:
+    """Where annotations written in ``owner``'s body resolve: its module, then its body."""
+    module = sys.modules.get(owner.__module__)
+    return {**(vars(module) if module else {}), **vars(owner), owner.__name__: owner}
+
+
+def _holds_jax_values(value: Any) -> bool:
+    if isinstance(value, _CHILD_TYPES):
         return True
     if isinstance(value, (list, tuple)):
-        return any(_is_dynamic(v) for v in value)
+        return any(_holds_jax_values(v) for v in value)
     if isinstance(value, dict):
-        return any(_is_dynamic(v) for v in value.values())
+        return any(_holds_jax_values(v) for v in value.values())
     return False
 
 
 def _layout(op: Operator) -> _Layout:
-    fields = {k: v for k, v in vars(op).items() if k != _LAYOUT}
-    dynamic = tuple(name for name, value in fields.items() if _is_dynamic(value))
-    static = tuple((name, value) for name, value in fields.items() if name not in dynamic)
-    return _Layout(tuple(fields), dynamic, _Static(static))
+    cls = type(op)
+    fields, values = _fields(cls), op.__dict__
+    for name in fields.order:
+        if name not in values:  # a hand-written __init__ left it at its class default
+            if not hasattr(cls, name):
+                raise TypeError(f"{cls.__name__}.__init__ did not assign field {name!r}")
+            values[name] = getattr(cls, name)
+    for name, annotation in fields.checked:
+        if _holds_jax_values(values[name]):
+            raise TypeError(
+                f"{cls.__name__}.{name} holds an array or operator, but its annotation {annotation!r} names no "
+                f"array or operator type (resolvable in {cls.__module__}), so it is static: annotate it jax.Array "
+                f"(or the operator type) to make it a pytree child, or declare it "
+                f"`{name}: ... = field(static=True)` if it is a constant"
+            )
+    return _Layout(fields.order, fields.children, _Static(tuple((name, values[name]) for name in fields.static)))
 
 
 def _flatten(op: Operator) -> tuple[tuple[Any, ...], _Layout]:
@@ -131,6 +222,7 @@ def _unflatten(cls: type[Operator], layout: _Layout, children: Any) -> Operator:
 
 class _OperatorMeta(abc.ABCMeta):
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        _fields(cls)  # resolved before __init__ runs: __setattr__ checks names against it
         op = super().__call__(*args, **kwargs)
         op.__dict__[_LAYOUT] = _layout(op)  # from here on the instance is frozen
         return op
@@ -184,6 +276,12 @@ class Operator(Generic[InT, OutT], metaclass=_OperatorMeta):
             raise dataclasses.FrozenInstanceError(
                 f"cannot assign {name!r}: {type(self).__name__} is frozen; build a new operator instead"
             )
+        cls = type(self)
+        if name not in _fields(cls).names:
+            raise TypeError(
+                f"{cls.__name__} has no field {name!r}: annotate it at class level ({name}: jax.Array, "
+                f"{name}: SomeOperator, {name}: str, ...), with `= field(static=True)` for array constants"
+            )
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -202,3 +300,6 @@ def _short(value: Any) -> str:
     if isinstance(value, (jax.Array, np.ndarray)):
         return f"{value.dtype}{list(value.shape)}"
     return repr(value)
+
+
+_CHILD_TYPES = (jax.Array, np.ndarray, Operator)  # what a pytree child may hold
