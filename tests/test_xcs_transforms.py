@@ -317,3 +317,31 @@ def test_misused_transforms_and_meshes_are_typed_errors():
         DeviceMesh(devices=device_names(4), mesh_shape=(3, 2))
     with pytest.raises(TransformError, match="not axes of the mesh"):
         mesh_sharded(OP, mesh=DeviceMesh(), partition_spec=PartitionSpec("rows"))
+
+
+# -- the embedded model under the transforms -------------------------------------------------
+
+LOCAL_PROMPTS = ["What is 2 + 2?", "What is the capital of France?", "Name a primary colour."]
+
+
+@pytest.mark.slow
+def test_local_prompts_under_vmap_and_mesh_sharded_are_one_batched_generation(smollm, monkeypatch):
+    from ember.local import shared_batcher
+
+    batcher = shared_batcher(smollm)
+    monkeypatch.setattr(batcher, "window_s", 0.5)  # the items surely meet in one window
+    lm = LMModule("local:smollm2-135m-instruct", temperature=0.0, max_tokens=6)
+    eager = [lm(p) for p in LOCAL_PROMPTS]
+
+    batches = batcher.batches
+    assert vmap(lm)(LOCAL_PROMPTS) == eager
+    assert batcher.batches - batches == 1
+
+    mesh = DeviceMesh(devices=device_names(2))
+    try:
+        batches, sharded = batcher.batches, batcher.sharded_batches
+        assert mesh_sharded(lm, mesh=mesh)(LOCAL_PROMPTS) == eager  # greedy: token for token
+        assert batcher.batches - batches == 1 and batcher.sharded_batches - sharded == 1
+        assert smollm._placed[mesh].embed.sharding.device_set == set(mesh.devices.flat)
+    finally:
+        smollm._placed.pop(mesh, None)  # the replicated weight copies
