@@ -13,9 +13,10 @@
    provider adapter with a semaphore of the same size. Prints each wall against the
    latency-bound limit ceil(N / concurrency) x latency, calls/s and vmap/bare (goal <= 1.15).
    Each round uses fresh prompts (the response cache would otherwise answer repeats), and
-   the answers are checked. Host vmap keeps at most 64 items in flight (the runtime's
-   worker width, ``ember.xcs._mapped.HOST_WIDTH``), so past ``--concurrency 64`` it is
-   bounded by that width, not by the model's budget.
+   the answers are checked. Prompts to an LMModule start on the I/O loop without a worker
+   thread each, so past ``--concurrency 64`` only the model's budget bounds them (an
+   operator per item would be held to the 64-thread host width,
+   ``ember.xcs._mapped.HOST_WIDTH``).
 
     python bench/bench_xcs_vmap.py [--part array|host|both] [--devices 8] [--items 1000]
                                    [--concurrency 64] [--latency 0.05] [--repeat 5]
@@ -213,8 +214,6 @@ def ember_vmap_run(n: int, tag: str) -> int:
 def host_part(args: argparse.Namespace) -> None:
     from _loopback import compare, loopback_process, point_ember_at
 
-    from ember.xcs._mapped import HOST_WIDTH
-
     limit = math.ceil(args.items / args.concurrency) * args.latency
     with loopback_process(args.latency) as base_url:
         point_ember_at(base_url, concurrency=args.concurrency)
@@ -226,11 +225,9 @@ def host_part(args: argparse.Namespace) -> None:
             "vmap": lambda: ember_vmap_run(args.items, f"vmap {next(rounds['vmap'])}"),
         }
         print(f"{args.items} prompts through vmap(LMModule), latency {args.latency * 1000:.0f} ms, "
-              f"concurrency {args.concurrency} (host width {HOST_WIDTH}), {os.cpu_count()} CPUs, "
+              f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, "
               f"best of {args.repeat}")  # fmt: skip
-        print(f"latency-bound limit: ceil({args.items}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s"
-              + (f"; at the host width: ceil({args.items}/{HOST_WIDTH}) x {args.latency * 1000:.0f} ms = "
-                 f"{math.ceil(args.items / HOST_WIDTH) * args.latency:.2f} s" if args.concurrency > HOST_WIDTH else ""))  # fmt: skip
+        print(f"latency-bound limit: ceil({args.items}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
         compare(work, repeat=args.repeat, n_calls=args.items, limit=limit)
 
 

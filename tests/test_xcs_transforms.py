@@ -98,6 +98,17 @@ def test_vmap_equals_the_loop_sends_the_same_requests_and_has_them_all_in_flight
     assert server.stats.max_in_flight == len(QUERIES)
 
 
+def test_prompts_to_a_model_are_bounded_by_its_budget_not_by_worker_threads(loopback_models):
+    from ember.xcs._mapped import HOST_WIDTH
+
+    loopback_models.config.update_config("model_registry", {"default_max_concurrency": 2 * HOST_WIDTH})
+    server = loopback_models.server
+    server.latency = 0.3
+    prompts = [f"What is {n} + 1?" for n in range(2 * HOST_WIDTH + 20)]
+    assert vmap(LMModule("openai:gpt-4o"))(prompts) == [str(n + 1) for n in range(len(prompts))]
+    assert server.stats.max_in_flight == 2 * HOST_WIDTH
+
+
 def test_fields_of_batches_come_back_as_fields_of_batches(loopback_models):
     op = non.UniformEnsemble(num_units=2, model_name="openai:gpt-4o")
     out = vmap(op)(inputs={"query": QUERIES[:3]})

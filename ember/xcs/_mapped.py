@@ -12,10 +12,13 @@ One call, two kinds of work, chosen by the inputs (see :mod:`ember.xcs._batching
   argument, split with :func:`ember.operators.partition`, so a second call reuses the
   compiled program instead of baking the weights in as constants.
 - **Any host input** (a list of strings or records): each item runs once, concurrently,
-  on the runtime's shared worker threads inside one :class:`~ember._runtime.TaskGroup`, so
-  its model calls share each model's concurrency budget, a failure cancels the other items'
-  calls and is raised, and Ctrl-C stops them all. Array inputs of a mixed call are sliced
-  per item and array outputs stacked again. Under a mesh, items run inside
+  inside one :class:`~ember._runtime.TaskGroup`, so its model calls share each model's
+  concurrency budget, a failure cancels the other items' calls and is raised, and Ctrl-C
+  stops them all. An operator or function runs per item on the runtime's shared worker
+  threads, at most :data:`HOST_WIDTH` items at once (each may block a thread while it
+  waits for its model). Prompts to an :class:`~ember.operators.LMModule` skip the threads:
+  every call starts on the I/O loop at once, so only the model's own budget bounds them.
+  Array inputs of a mixed call are sliced per item and array outputs stacked again. Under a mesh, items run inside
   :func:`ember.local.use_mesh`, so the embedded model's generations for them form one batch
   whose rows are split over the mesh's batch axis; no item is ever run once per replica.
 
@@ -30,6 +33,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -40,7 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember._runtime import TaskGroup, check_cancelled
 from ember.local import use_mesh
-from ember.operators import combine, is_array, partition
+from ember.operators import LMModule, combine, is_array, partition
 from ember.xcs._batching import AxisSpec, BatchedCall, assemble, concatenate, split_call
 from ember.xcs._transform_errors import BatchAxisError, NotTraceableError, TransformError
 
@@ -49,6 +53,7 @@ __all__ = ["MapOptions", "Mapped", "Transform"]
 #: The most items one mapped call runs at once when nothing caps it: the width of the
 #: runtime's shared worker pool (each item may block a worker while its model calls run).
 HOST_WIDTH = 64
+_POLL_S = 0.25
 _UNSET: Any = object()
 
 _TRACE_ERRORS = (
@@ -163,7 +168,18 @@ class Mapped:
     # -- host work ----------------------------------------------------------------------
     def _map_host(self, call: BatchedCall) -> Any:
         options = self.options
-        width = min(call.size, HOST_WIDTH, *(c for c in (options.batch_size, options.max_in_flight) if c))
+        caps = [c for c in (options.batch_size, options.max_in_flight) if c]
+        on_mesh = options.explicit_mesh and options.batch_axis is not None
+        placement = use_mesh(options.mesh, options.batch_axis) if on_mesh else contextlib.nullcontext()
+        with placement:
+            if isinstance(self.fn, LMModule):
+                results = self._ask_model(self.fn, call, min(caps, default=None))
+            else:
+                results = self._run_items(call, min(call.size, HOST_WIDTH, *caps))
+        return assemble(results, call)
+
+    def _run_items(self, call: BatchedCall, width: int) -> list[Any]:
+        """Each item on a worker thread: ``width`` drivers claim items until none is left."""
         results: list[Any] = [None] * call.size
         claim = itertools.count().__next__  # atomic under the GIL: each item is claimed once
 
@@ -177,13 +193,29 @@ class Mapped:
                     error.add_note(f"(item {index} of {call.size} in {self.name})")
                     raise
 
-        on_mesh = options.explicit_mesh and options.batch_axis is not None
-        placement = use_mesh(options.mesh, options.batch_axis) if on_mesh else contextlib.nullcontext()
-        with placement, TaskGroup() as group:
+        with TaskGroup() as group:
             for _ in range(width - 1):
                 group.spawn(drive)
             drive()  # the caller's thread drives too
-        return assemble(results, call)
+        return results
+
+    def _ask_model(self, lm: LMModule, call: BatchedCall, width: int | None) -> list[str]:
+        """Prompts straight to the model: every call is started on the I/O loop from this
+        thread, no worker thread per item, so only the model's own budget (and ``width``,
+        when a transform caps it) bounds how many are in flight."""
+        gate = threading.Semaphore(width) if width else None
+        futures = []
+        with TaskGroup():
+            for index in range(call.size):
+                while gate is not None and not gate.acquire(timeout=_POLL_S):
+                    check_cancelled()
+                check_cancelled()
+                args, kwargs = call.item(index)
+                future = lm.submit(*args, **kwargs)
+                if gate is not None:
+                    future.add_done_callback(lambda _: gate.release())
+                futures.append(future)
+        return [future.result().text for future in futures]
 
     # -- array work ---------------------------------------------------------------------
     def _map_arrays(self, call: BatchedCall) -> Any:

@@ -14,6 +14,10 @@ transform          host work (lists of prompts, records)       array work
                    the mesh's batch axis                       ``NamedSharding(mesh, partition_spec)``
 =================  ==========================================  =================================
 
+"All at once" means within each model's concurrency budget: prompts to an ``LMModule`` are
+started together on the I/O loop, while an operator per item holds one of the runtime's
+worker threads as it waits, so at most 64 such items run at once.
+
 Every transform is also curried: ``vmap(batch_size=32)`` is a transform waiting for its
 function, and ``compose(t1, t2)(f)`` is ``t1(t2(f))``:
 
