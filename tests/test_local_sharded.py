@@ -157,3 +157,17 @@ def test_one_request_on_a_larger_mesh_with_a_model_axis(smollm, monkeypatch):
             svc.close()
         assert placements == [None, mesh]
     assert (on_mesh.text, on_mesh.usage.output_tokens) == (plain.text, plain.usage.output_tokens)
+
+
+def test_only_the_last_two_meshes_keep_a_copy_of_the_weights():
+    """Each mesh holds one copy of the weights per device: older meshes give theirs back."""
+    import types
+
+    from ember.local import LocalModel
+
+    model = types.SimpleNamespace(params={"w": np.ones(4, np.float32)}, _placed={})
+    meshes = [Mesh(np.array(jax.devices()[i : i + 2]), ("batch",)) for i in (0, 2, 4)]
+    for mesh in [meshes[0], meshes[1], meshes[0], meshes[2]]:
+        placed = LocalModel._params_on(model, mesh, "batch")
+        assert placed["w"].sharding.device_set == set(mesh.devices.flat)
+    assert list(model._placed) == [meshes[0], meshes[2]]  # meshes[1] was the least recently used

@@ -356,3 +356,10 @@ def test_local_prompts_under_vmap_and_mesh_sharded_are_one_batched_generation(sm
         assert smollm._placed[mesh].embed.sharding.device_set == set(mesh.devices.flat)
     finally:
         smollm._placed.pop(mesh, None)  # the replicated weight copies
+
+
+def test_a_mesh_shape_without_devices_takes_the_first_devices():
+    mesh = DeviceMesh(mesh_shape=(2, 2))
+    assert list(mesh.devices.flat) == jax.devices()[:4] and mesh.axis_names == ("batch", "model")
+    with pytest.raises(TransformError, match="needs 16 devices; there are 8"):
+        DeviceMesh(mesh_shape=(4, 4))

@@ -46,6 +46,10 @@ def default_dtype() -> Any:
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
+#: How many meshes keep a replicated copy of the weights (each copy is one per device).
+_PLACED_MESHES = 2
+
+
 class LocalModel:
     """A Llama-architecture GGUF model ready to generate; get one with :func:`load_model`."""
 
@@ -72,7 +76,9 @@ class LocalModel:
         #: Decode steps per jitted chunk: how often the host checks stop strings and deadlines.
         self.decode_chunk = 16
         self._lock = threading.Lock()
-        self._placed: dict[Mesh, LlamaParams] = {}  # replicated copies, one per mesh used
+        #: Weights replicated over the meshes used last (most recent last): a copy per device,
+        #: so only the last :data:`_PLACED_MESHES` meshes keep theirs.
+        self._placed: dict[Mesh, LlamaParams] = {}
 
     def __repr__(self) -> str:
         return f"LocalModel({str(self.path)!r}, dtype={self.dtype.name})"
@@ -159,9 +165,13 @@ class LocalModel:
             return self.params
         if axis not in mesh.axis_names:
             raise ValueError(f"mesh has axes {mesh.axis_names}, not the batch axis {axis!r}")
-        if mesh not in self._placed:
-            self._placed[mesh] = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
-        return self._placed[mesh]
+        placed = self._placed.pop(mesh, None)
+        if placed is None:
+            while len(self._placed) >= _PLACED_MESHES:  # free the least recently used copies
+                self._placed.pop(next(iter(self._placed)))
+            placed = jax.device_put(self.params, NamedSharding(mesh, PartitionSpec()))
+        self._placed[mesh] = placed
+        return placed
 
 
 @partial(jax.jit, static_argnames=("config",))

@@ -35,12 +35,23 @@ def DeviceMesh(
     mesh_shape: Sequence[int] | None = None,
     axis_names: Sequence[str] | None = None,
 ) -> Mesh:
-    """A ``jax.sharding.Mesh`` of ``devices`` (names or ``jax.Device``s; default: all).
+    """A ``jax.sharding.Mesh`` of ``devices`` (names or ``jax.Device``s).
 
-    ``mesh_shape`` defaults to one axis over every device; ``axis_names`` to ``("batch",)``
-    or ``("batch", "model")``. The product of ``mesh_shape`` must be the number of devices.
+    Without ``devices``, the mesh takes the first devices of the default backend that
+    ``mesh_shape`` holds (all of them without a shape). ``mesh_shape`` defaults to one axis
+    over every device; ``axis_names`` to ``("batch",)`` or ``("batch", "model")``. The
+    product of ``mesh_shape`` must be the number of devices.
     """
-    resolved = [_device(d) for d in devices] if devices is not None else list(jax.devices())
+    if devices is None:
+        every = list(jax.devices())
+        wanted = int(np.prod(tuple(mesh_shape))) if mesh_shape is not None else len(every)
+        if wanted > len(every):
+            raise TransformError(
+                f"DeviceMesh: mesh_shape {tuple(mesh_shape or ())} needs {wanted} devices; there are {len(every)}: "
+                + ", ".join(_name(d) for d in every)
+            )
+        devices = every[:wanted]
+    resolved = [_device(d) for d in devices]
     if not resolved:
         raise TransformError("DeviceMesh needs at least one device")
     seen = [d for i, d in enumerate(resolved) if d in resolved[:i]]

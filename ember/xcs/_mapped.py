@@ -353,6 +353,8 @@ def _describe(options: MapOptions) -> str:
         parts.append(f"batch_size={options.batch_size}")
     if options.max_in_flight:
         parts.append(f"num_workers={options.max_in_flight}")
-    if options.mesh is not None:
+    if options.explicit_mesh:
         parts.append(f"mesh={dict(options.mesh.shape)}, partition_spec={options.partition_spec}")
+    elif options.mesh is not None:
+        parts.append(f"array work over {options.mesh.size} devices")
     return ", ".join(parts)
