@@ -7,6 +7,7 @@ small machine the client's per-call cost is what is being measured.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import math
 import os
@@ -67,7 +68,9 @@ def point_ember_at(base_url: str, *, concurrency: int) -> None:
     )
 
 
-def compare(work: Mapping[str, Callable[[], int]], *, repeat: int, n_calls: int, limit: float, goal: float = 1.15) -> None:
+def compare(
+    work: Mapping[str, Callable[[], int]], *, repeat: int, n_calls: int, limit: float, goal: float = 1.15
+) -> None:
     """Run each of ``work`` (baseline first, then the candidate) ``repeat`` times, alternating,
     so a burst of load on a shared machine does not land on one side only; print the best
     wall and CPU of each against the latency-bound ``limit``, then candidate / baseline.
@@ -102,3 +105,34 @@ def throughput_arguments(description: str) -> tuple[argparse.Namespace, int, flo
     args = parser.parse_args()
     n_calls = args.items * 6
     return args, n_calls, math.ceil(n_calls / args.concurrency) * args.latency
+
+
+def numbered_prompts(n: int, tag: str) -> list[str]:
+    """``n`` arithmetic prompts the loopback server answers ``i + 1``; ``tag`` keeps rounds distinct."""
+    return [f"What is {i} + 1? ({tag})" for i in range(n)]
+
+
+async def bare_calls(n: int, concurrency: int, base_url: str, tag: str, model: str = "openai:gpt-4o-mini") -> int:
+    """The baseline: the same calls on one OpenAI adapter and a semaphore, with nothing else."""
+    from pydantic import SecretStr
+
+    from ember.models import ChatRequest, Message
+    from ember.models.providers import ProviderSettings
+    from ember.models.providers.openai import OpenAIProvider
+
+    settings = ProviderSettings(
+        name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120
+    )
+    adapter = OpenAIProvider(settings)
+    slots = asyncio.Semaphore(concurrency)
+    name = model.partition(":")[2]
+
+    async def call(text: str) -> str:
+        async with slots:
+            request = ChatRequest(model_name=name, model_id=model, messages=(Message("user", text),))
+            return (await adapter.acomplete(request)).text
+
+    answers = await asyncio.gather(*(call(p) for p in numbered_prompts(n, tag)))
+    await adapter.aclose()
+    assert answers == [str(i + 1) for i in range(n)], answers[:5]
+    return len(answers)

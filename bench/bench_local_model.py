@@ -22,6 +22,8 @@ import os
 import resource
 import time
 
+from _local import story_prompts, timed
+
 # Peak HBM bandwidth (GB/s) of devices we know, matched against jax's ``device_kind``.
 KNOWN_BANDWIDTH_GBS = {
     "H200": 4800.0,
@@ -45,16 +47,6 @@ def detect_bandwidth(device_kind: str) -> float | None:
         if name.lower() in device_kind.lower():
             return gbs
     return None
-
-
-def _prompts(n: int) -> list[str]:
-    return [f"Question {i}: write a short story about the number {i} and a lighthouse." for i in range(n)]
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -86,7 +78,7 @@ def main() -> None:
     prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
     full = GenerationConfig(max_new_tokens=n_new, ignore_eos=True)
     batches = [int(b) for b in args.batches.split(",")]
-    prompts = {b: [model.encode(p) for p in _prompts(b)] for b in batches}
+    prompts = {b: [model.encode(p) for p in story_prompts(b)] for b in batches}
     first_run = {}
     for b in batches:
         start = time.perf_counter()
@@ -99,8 +91,8 @@ def main() -> None:
     total_s = dict.fromkeys(batches, float("inf"))
     for _ in range(args.repeats):
         for b in batches:
-            prefill_s[b] = min(prefill_s[b], _time(lambda p=prompts[b]: model.generate_tokens(p, prefill_only)))
-            total_s[b] = min(total_s[b], _time(lambda p=prompts[b]: model.generate_tokens(p, full)))
+            prefill_s[b] = min(prefill_s[b], timed(lambda p=prompts[b]: model.generate_tokens(p, prefill_only)))
+            total_s[b] = min(total_s[b], timed(lambda p=prompts[b]: model.generate_tokens(p, full)))
     rates: dict[int, tuple[float, float, float]] = {}
     print(f"\n{'batch':>5} {'1st run s':>9} {'prefill s':>9} {'decode ms/step':>14} {'decode tok/s':>12} {'e2e tok/s':>9}")
     for b in batches:
@@ -110,13 +102,13 @@ def main() -> None:
 
     # An ensemble: 8 samples of one prompt, one by one vs micro-batched into one generation.
     samples = [GenerationConfig(max_new_tokens=32, temperature=0.7, seed=i, ignore_eos=True) for i in range(8)]
-    prompt = model.encode(_prompts(1)[0])
+    prompt = model.encode(story_prompts(1)[0])
     model.generate_tokens([prompt], samples[:1])
     model.generate_tokens([prompt] * 8, samples)
     one_by_one = batched = float("inf")
     for _ in range(args.repeats):
-        one_by_one = min(one_by_one, _time(lambda: [model.generate_tokens([prompt], [c]) for c in samples]))
-        batched = min(batched, _time(lambda: model.generate_tokens([prompt] * 8, samples)))
+        one_by_one = min(one_by_one, timed(lambda: [model.generate_tokens([prompt], [c]) for c in samples]))
+        batched = min(batched, timed(lambda: model.generate_tokens([prompt] * 8, samples)))
     print(
         f"\nensemble of 8 samples x 32 tokens: one by one {one_by_one:.2f} s, batched {batched:.2f} s "
         f"({one_by_one / batched:.1f}x)"

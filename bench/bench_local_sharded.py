@@ -21,22 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 # Before jax is imported: XLA reads the flag once, at backend start. Only the host platform uses it.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+from _local import story_prompts, timed
+
 H200_BANDWIDTH_GBS = 4800.0
-
-
-def _prompts(n: int) -> list[str]:
-    return [f"Question {i}: write a short story about the number {i} and a lighthouse." for i in range(n)]
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -68,7 +59,7 @@ def main() -> None:
     if backend == "cpu":
         print("NOTE: fake CPU devices share the same cores: the ratio below is a correctness check, not a speedup")
 
-    prompts = [model.encode(p) for p in _prompts(batch)]
+    prompts = [model.encode(p) for p in story_prompts(batch)]
     full = GenerationConfig(max_new_tokens=args.new_tokens, ignore_eos=True)
     prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
     setups = {"1 device": None, f"{n_dev} devices": mesh} if mesh is not None else {"1 device": None}
@@ -84,9 +75,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for label, m in setups.items():
             prefill_s[label] = min(
-                prefill_s[label], _time(lambda m=m: model.generate_tokens(prompts, prefill_only, mesh=m))
+                prefill_s[label], timed(lambda m=m: model.generate_tokens(prompts, prefill_only, mesh=m))
             )
-            total_s[label] = min(total_s[label], _time(lambda m=m: model.generate_tokens(prompts, full, mesh=m)))
+            total_s[label] = min(total_s[label], timed(lambda m=m: model.generate_tokens(prompts, full, mesh=m)))
 
     bound_s = model.param_bytes / (args.bandwidth_gbs * 1e9)
     rates = {}

@@ -22,38 +22,9 @@ import sys
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _loopback import compare, loopback_process, point_ember_at
+from _loopback import bare_calls, compare, loopback_process, numbered_prompts, point_ember_at
 
 MODEL = "openai:gpt-4o-mini"
-
-
-def prompts(n: int, tag: str) -> list[str]:
-    return [f"What is {i} + 1? ({tag})" for i in range(n)]
-
-
-async def bare(n: int, concurrency: int, base_url: str, tag: str) -> int:
-    """The same calls on one adapter, with nothing else."""
-    from pydantic import SecretStr
-
-    from ember.models import ChatRequest, Message
-    from ember.models.providers import ProviderSettings
-    from ember.models.providers.openai import OpenAIProvider
-
-    settings = ProviderSettings(
-        name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120
-    )
-    adapter = OpenAIProvider(settings)
-    slots = asyncio.Semaphore(concurrency)
-
-    async def call(text: str) -> float:
-        async with slots:
-            request = ChatRequest(model_name="gpt-4o-mini", model_id=MODEL, messages=(Message("user", text),))
-            return float((await adapter.acomplete(request)).text)
-
-    answers = await asyncio.gather(*(call(p) for p in prompts(n, tag)))
-    await adapter.aclose()
-    assert answers == [i + 1 for i in range(n)]
-    return len(answers)
 
 
 def callback_run(n: int, tag: str) -> Callable[[], int]:
@@ -63,7 +34,7 @@ def callback_run(n: int, tag: str) -> Callable[[], int]:
 
     from ember.xcs._callback import PromptTable, llm_callback
 
-    table = PromptTable(prompts(n, tag))
+    table = PromptTable(numbered_prompts(n, tag))
     llm = llm_callback(MODEL, table)
     compiled = jax.jit(jax.vmap(llm)).lower(table.ids).compile()
 
@@ -85,12 +56,12 @@ def main() -> None:
     limit = math.ceil(args.items / args.concurrency) * args.latency
     with loopback_process(args.latency) as base_url:
         point_ember_at(base_url, concurrency=args.concurrency)
-        asyncio.run(bare(10, args.concurrency, base_url, "warm"))  # SDK import, connections
+        asyncio.run(bare_calls(10, args.concurrency, base_url, "warm"))  # SDK import, connections
         callback_run(10, "warm")()
         runs = iter([callback_run(args.items, f"round {r}") for r in range(args.repeat)])
         rounds = iter(range(args.repeat))
         work = {
-            "bare": lambda: asyncio.run(bare(args.items, args.concurrency, base_url, f"bare {next(rounds)}")),
+            "bare": lambda: asyncio.run(bare_calls(args.items, args.concurrency, base_url, f"bare {next(rounds)}")),
             "callback": lambda: next(runs)(),
         }
         print(f"{args.items} ids in jit(vmap(llm_callback)), latency {args.latency * 1000:.0f} ms, "

@@ -173,61 +173,38 @@ def array_part(args: argparse.Namespace) -> None:
 # -- 2. host ---------------------------------------------------------------------------------
 
 
-def prompts(n: int, tag: str) -> list[str]:
-    return [f"What is {i} + 1? ({tag})" for i in range(n)]
-
-
-async def bare(n: int, concurrency: int, base_url: str, tag: str) -> int:
-    """The same calls on one adapter, with nothing else."""
-    from pydantic import SecretStr
-
-    from ember.models import ChatRequest, Message
-    from ember.models.providers import ProviderSettings
-    from ember.models.providers.openai import OpenAIProvider
-
-    settings = ProviderSettings(
-        name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120
-    )
-    adapter = OpenAIProvider(settings)
-    slots = asyncio.Semaphore(concurrency)
-
-    async def call(text: str) -> str:
-        async with slots:
-            request = ChatRequest(model_name="gpt-4o-mini", model_id=MODEL, messages=(Message("user", text),))
-            return (await adapter.acomplete(request)).text
-
-    answers = await asyncio.gather(*(call(p) for p in prompts(n, tag)))
-    await adapter.aclose()
-    assert answers == [str(i + 1) for i in range(n)]
-    return len(answers)
-
-
 def ember_vmap_run(n: int, tag: str) -> int:
+    from _loopback import numbered_prompts
+
     from ember.operators import LMModule
     from ember.xcs import vmap
 
-    answers = vmap(LMModule(MODEL))(prompts(n, tag))
+    answers = vmap(LMModule(MODEL))(numbered_prompts(n, tag))
     assert answers == [str(i + 1) for i in range(n)], answers[:5]
     return len(answers)
 
 
 def host_part(args: argparse.Namespace) -> None:
-    from _loopback import compare, loopback_process, point_ember_at
+    from _loopback import bare_calls, compare, loopback_process, point_ember_at
 
     limit = math.ceil(args.items / args.concurrency) * args.latency
     with loopback_process(args.latency) as base_url:
         point_ember_at(base_url, concurrency=args.concurrency)
-        asyncio.run(bare(10, args.concurrency, base_url, "warm"))  # SDK import, connections
+        asyncio.run(bare_calls(10, args.concurrency, base_url, "warm"))  # SDK import, connections
         ember_vmap_run(100, "warm")
         rounds = {"bare": iter(range(args.repeat)), "vmap": iter(range(args.repeat))}
         work = {
-            "bare": lambda: asyncio.run(bare(args.items, args.concurrency, base_url, f"bare {next(rounds['bare'])}")),
+            "bare": lambda: asyncio.run(
+                bare_calls(args.items, args.concurrency, base_url, f"bare {next(rounds['bare'])}")
+            ),
             "vmap": lambda: ember_vmap_run(args.items, f"vmap {next(rounds['vmap'])}"),
         }
         print(f"{args.items} prompts through vmap(LMModule), latency {args.latency * 1000:.0f} ms, "
               f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, "
               f"best of {args.repeat}")  # fmt: skip
-        print(f"latency-bound limit: ceil({args.items}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
+        print(
+            f"latency-bound limit: ceil({args.items}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s"
+        )
         compare(work, repeat=args.repeat, n_calls=args.items, limit=limit)
 
 

@@ -7,6 +7,8 @@ asynchronously.
 
 import time
 
+import jax
+
 from ember.api.operators import EmberModel, Specification
 
 
@@ -24,6 +26,16 @@ class SummarizerSpec(Specification):
     input_model = SummarizerInput
     structured_output = SummarizerOutput
     prompt_template = "Summarize the following text in {max_words} words or less:\n\n{text}"
+
+
+class XIn(EmberModel):
+    """The input of the array operators the pytree and transform tests build."""
+
+    x: jax.Array
+
+
+class YOut(EmberModel):
+    y: jax.Array
 
 
 def replies(*texts):

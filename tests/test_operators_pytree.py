@@ -12,14 +12,7 @@ import pytest
 from ember.api import non
 from ember.api.operators import EmberModel, Operator, Specification, combine, field, is_array, partition
 from ember.operators import LMModule, Router, Sequential
-
-
-class XIn(EmberModel):
-    x: jax.Array
-
-
-class YOut(EmberModel):
-    y: jax.Array
+from tests.helpers import XIn, YOut
 
 
 class Affine(Operator[XIn, YOut]):

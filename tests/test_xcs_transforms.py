@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from ember.api import non
 from ember.api.operators import EmberModel, Operator, Specification
@@ -23,7 +24,7 @@ from ember.xcs import (
     pmap,
     vmap,
 )
-from tests.helpers import eventually
+from tests.helpers import XIn, YOut, eventually
 
 QUERIES = [f"What is {n} + {n}?" for n in range(1, 9)]
 
@@ -169,14 +170,6 @@ def test_a_failing_item_cancels_the_others_and_is_raised_with_its_index(loopback
 # -- array work ------------------------------------------------------------------------------
 
 
-class XIn(EmberModel):
-    x: jax.Array
-
-
-class YOut(EmberModel):
-    y: jax.Array
-
-
 class Affine(Operator[XIn, YOut]):
     """An array operator that also holds a string, a model handle and a sub-operator."""
 
@@ -206,27 +199,21 @@ def mesh_vmap(op, **kwargs):
     return mesh_sharded(op, mesh=DeviceMesh(mesh_shape=(8,)), **kwargs)
 
 
+TRANSFORMS = {
+    "vmap": vmap,
+    "pmap": pmap,
+    "mesh_sharded": mesh_vmap,
+    "vmap_in_chunks": lambda op: vmap(op, batch_size=5),
+}
+
+
 class TestArrayVariants(chex.TestCase):
-    """eager / jit variants of every transform on an array operator, chex.variants-style."""
+    """Every transform of an array operator equals jax.vmap, eager and jitted (chex.variants)."""
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_vmap(self):
-        run = self.variant(lambda op, xs: vmap(op)(x=xs).y)
-        chex.assert_trees_all_close(run(OP, XS), REFERENCE, rtol=1e-5, atol=1e-6)
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_pmap(self):
-        run = self.variant(lambda op, xs: pmap(op)(x=xs).y)
-        chex.assert_trees_all_close(run(OP, XS), REFERENCE, rtol=1e-5, atol=1e-6)
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_mesh_sharded(self):
-        run = self.variant(lambda op, xs: mesh_vmap(op)(x=xs).y)
-        chex.assert_trees_all_close(run(OP, XS), REFERENCE, rtol=1e-5, atol=1e-6)
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_batch_size_chunks_give_the_same_numbers(self):
-        run = self.variant(lambda op, xs: vmap(op, batch_size=5)(x=xs).y)
+    @parameterized.named_parameters(*TRANSFORMS.items())
+    def test_equals_jax_vmap(self, transform):
+        run = self.variant(lambda op, xs: transform(op)(x=xs).y)
         chex.assert_trees_all_close(run(OP, XS), REFERENCE, rtol=1e-5, atol=1e-6)
 
 
