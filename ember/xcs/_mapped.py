@@ -43,7 +43,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember._runtime import TaskGroup, check_cancelled
-from ember.local import use_mesh
 from ember.operators import LMModule, combine, is_array, partition
 from ember.xcs._batching import AxisSpec, BatchedCall, assemble, concatenate, split_call
 from ember.xcs._transform_errors import BatchAxisError, NotTraceableError, TransformError
@@ -170,7 +169,7 @@ class Mapped:
         options = self.options
         caps = [c for c in (options.batch_size, options.max_in_flight) if c]
         on_mesh = options.explicit_mesh and options.batch_axis is not None
-        placement = use_mesh(options.mesh, options.batch_axis) if on_mesh else contextlib.nullcontext()
+        placement = _local_model_mesh(options) if on_mesh else contextlib.nullcontext()
         with placement:
             if isinstance(self.fn, LMModule):
                 results = self._ask_model(self.fn, call, min(caps, default=None))
@@ -252,6 +251,14 @@ class Mapped:
 
     def _out_axes(self) -> int:
         return 0 if self.options.out_axes is _UNSET else self.options.out_axes
+
+
+def _local_model_mesh(options: MapOptions) -> contextlib.AbstractContextManager[Any]:
+    """The embedded model's generations inside split over the mesh's batch axis (imported
+    here: only a mapped call on a mesh needs the local model's package)."""
+    from ember.local import use_mesh
+
+    return use_mesh(options.mesh, options.batch_axis)
 
 
 def _vmapped(fn: Callable[..., Any], call: BatchedCall, out_axes: int, name: str) -> Any:
