@@ -17,9 +17,10 @@ import pytest
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# No test may reach a real provider or read the developer's own config.
+# No test may reach a real provider or cluster, or read the developer's own config.
+_OUTSIDE = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "RAY_ADDRESS")
 for _var in list(os.environ):
-    if _var.startswith("EMBER_") or _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+    if _var.startswith("EMBER_") or _var in _OUTSIDE:
         del os.environ[_var]
 os.environ["HOME"] = tempfile.mkdtemp(prefix="ember-test-home-")
 

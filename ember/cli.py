@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--devices", type=_number(int, low=1, what="--devices"), default=1, metavar="N",
                     help="split local-model batches over the first N devices (default 1)")  # fmt: skip
+    ev.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="spread items over a Ray cluster at ADDRESS (no value: $RAY_ADDRESS, else a local instance); "
+                         "the journal stays here; needs ember-ai[ray]")  # fmt: skip
     ev.set_defaults(run=_eval, parser=ev)
 
     models = commands.add_parser("models", help="list the models in the registry")
@@ -203,6 +206,9 @@ def _eval(args: argparse.Namespace) -> int:
     console = Console()
     systems = _systems(args.system)
     mesh = _mesh(args.devices)
+    if args.ray is not None and mesh is not None:
+        raise _UsageError("--devices applies to local runs; it cannot be combined with --ray")
+    backend = {"backend": "ray", "ray_address": args.ray or None} if args.ray is not None else {}
     data, task, instruction = _load(args)
     evaluators = _evaluators(args.evaluator, task)
     if instruction:  # the dataset's instruction is text, not a template: its braces are literal
@@ -230,7 +236,7 @@ def _eval(args: argparse.Namespace) -> int:
     journal = Journal(journal_path, fresh=args.fresh)
     try:
         options = RunOptions(prompt=prompt, concurrency=args.concurrency, journal=journal, budget=args.budget,
-                             progress=False if args.no_progress else None, mesh=mesh)  # fmt: skip
+                             progress=False if args.no_progress else None, mesh=mesh, **backend)  # fmt: skip
         run = Run(data, wrapped, evaluators, options, fingerprint=(count, sha))
         finished = run.open()  # the journal is ours, and holds this run (or none yet)
         if finished:

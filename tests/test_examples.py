@@ -41,12 +41,23 @@ EXPECTED: dict[str, tuple[list[str], list[str], int]] = {
         ["2 minibench items x 3 systems", "ensemble+vote", "ensemble+judge", "report: reports/eval_demo.json"],
         600,
     ),
+    # A local Ray instance: an evaluation and a graph on Ray workers.
+    "ray_cluster.py": (
+        ["--items", "40"],
+        [
+            "eval on Ray: 40 items, accuracy 1.00, 40 requests",
+            "(limit 4, across every worker)",
+            "resumed: 0 new requests",
+            "graph on Ray: ensemble -> vote answered '42'",
+        ],
+        300,
+    ),
 }
-SLOW = {"eval_demo.py"}
+SLOW = {"eval_demo.py", "ray_cluster.py"}
 
 
 def _env(home: Path) -> dict[str, str]:
-    drop = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "XLA_FLAGS"}
+    drop = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "XLA_FLAGS", "RAY_ADDRESS"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("EMBER_")}
     env.update(HOME=str(home), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", COLUMNS="120")
     return env

@@ -1,7 +1,7 @@
 """Ray, the distributed backend: imported only when a caller asks for it.
 
 Ember schedules onto a Ray cluster that users already run; it never starts a home-made one.
-:func:`connect` joins the cluster at ``address`` (or ``RAY_ADDRESS``), or starts a local
+:func:`connect_ray` joins the cluster at ``address`` (or ``RAY_ADDRESS``), or starts a local
 instance when there is none, and is a no-op once Ray is initialised in this process (a
 user's own ``ray.init(...)`` wins). Without Ray installed, asking for the backend raises
 :class:`RayNotInstalledError`, which names the extra to install.
@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ember._runtime._errors import EmberError
 
-__all__ = ["RAY_EXTRA", "RayNotInstalledError", "connect", "require_ray"]
+__all__ = ["RAY_EXTRA", "RayNotInstalledError", "connect_ray", "require_ray"]
 
 #: The pip extra that brings Ray.
 RAY_EXTRA = "ember-ai[ray]"
@@ -41,7 +41,7 @@ def require_ray() -> ModuleType:
     return ray
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> ModuleType:
+def connect_ray(address: str | None = None, *, num_cpus: int | None = None) -> ModuleType:
     """Ray, initialised: joined to ``address`` (or ``$RAY_ADDRESS``), else a local instance.
 
     Idempotent: if Ray is already initialised in this process, that connection is used as is.

@@ -33,7 +33,10 @@ class EvaluationPipeline:
     """Evaluate one system (``model``: a model id, NON notation, operator or function) on ``dataset``.
 
     Keywords are :class:`RunOptions` fields (``prompt``, ``concurrency``, ``journal``,
-    ``budget``, ``progress``, ``service``, ``mesh``), or pass ``options=RunOptions(...)``.
+    ``budget``, ``progress``, ``service``, ``mesh``, ``backend``, ``ray_address``), or pass
+    ``options=RunOptions(...)``. ``backend="ray"`` spreads windows of items over a Ray
+    cluster (``ray_address``, else ``$RAY_ADDRESS``, else a local instance); the journal, and
+    so resume, stays in this process, and model limits hold for the whole cluster.
     ``mesh`` (a ``jax.sharding.Mesh`` with a ``"batch"`` axis, or a device count) splits the
     local model's generations over devices; answers, journal and resume are unchanged.
     ``journal`` (a path) makes the run resumable: run the same pipeline again after an

@@ -78,6 +78,9 @@ class RunOptions:
     - ``mesh``: a ``jax.sharding.Mesh`` with a ``"batch"`` axis, or an int N (the first N
       devices on a 1-D ``"batch"`` mesh; 1 is no mesh): the local model's generations are
       split over it (see :func:`ember.local.use_mesh`). Results do not change.
+    - ``backend``: ``"local"`` (this process) or ``"ray"``: windows of items run as Ray tasks
+      on the cluster at ``ray_address`` (default ``$RAY_ADDRESS``, else a local instance);
+      the journal stays here, model limits become cluster-wide (see :mod:`ember.eval._ray_backend`).
     """
 
     prompt: PromptSpec = None
@@ -87,8 +90,14 @@ class RunOptions:
     progress: bool | None = None
     service: Any = None
     mesh: Any = None
+    backend: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.backend == "ray" and self.mesh is not None:
+            raise ValueError("mesh applies to the local backend only")
         if isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ValueError(f"concurrency must be an integer >= 1, got {self.concurrency!r}")
         mesh = self.mesh  # checked without importing jax: a run without a mesh never loads it
@@ -268,6 +277,7 @@ class Run:
             from ember.local import batch_mesh
 
             self.mesh = batch_mesh(options.mesh)
+        self.backend, self.ray_address = options.backend, options.ray_address
         self.stopped: str | None = None
         self._fingerprint = fingerprint
         self._opened = False
@@ -384,6 +394,11 @@ class Run:
         started = time.perf_counter()
         self.open()
         try:
+            if self.backend == "ray":  # imports Ray: only runs that ask for it pay for it
+                from ember.eval._ray_backend import run_on_ray
+
+                worker = RunOptions(prompt=self.prompt, concurrency=self.concurrency, progress=False)
+                return await run_on_ray(self, started, worker)
             return await self._run(started)
         finally:
             self.close()

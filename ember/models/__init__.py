@@ -1,6 +1,7 @@
 """The models layer: registry, service, usage, providers and their typed errors."""
 
 from ember.models._cache import ResponseCache
+from ember.models._cluster_limits import ClusterBudget, join_budget, share_budget
 from ember.models._errors import (
     BudgetExceededError,
     ContextLengthExceededError,
@@ -26,11 +27,11 @@ from ember.models._usage import ModelUsage, UsageService, UsageTotals
 from ember.models.providers import Provider, ProviderSettings, register_provider
 
 __all__ = [
-    "BudgetExceededError", "CallStats", "ChatRequest", "ContextLengthExceededError", "EmberError",
+    "BudgetExceededError", "CallStats", "ChatRequest", "ClusterBudget", "ContextLengthExceededError", "EmberError",
     "InvalidCredentialsError", "InvalidRequestError",
     "MalformedResponseError", "Message", "MissingCredentialsError", "ModelCost", "ModelError", "ModelFactory",
     "ModelInfo", "ModelNotFoundError", "ModelRegistry", "ModelResponse", "ModelService", "ModelUsage",
     "Provider", "ProviderConnectionError", "ProviderError", "ProviderInfo", "ProviderNotFoundError",
     "ProviderResult", "ProviderSettings", "ProviderTimeoutError", "RateLimit", "RateLimitError",
-    "ResponseCache", "UsageService", "UsageStats", "UsageTotals", "register_provider",
+    "ResponseCache", "UsageService", "UsageStats", "UsageTotals", "join_budget", "register_provider", "share_budget",
 ]

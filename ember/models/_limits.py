@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-__all__ = ["TokenBucket", "ModelLimiter"]
+__all__ = ["TokenBucket", "ModelLimiter", "make_limiter", "install_factory"]
 
 
 class TokenBucket:
@@ -79,3 +80,22 @@ class ModelLimiter:
         """Correct the TPM bucket once the real token count is known."""
         if self.tokens is not None:
             self.tokens.adjust(actual_tokens - estimated_tokens)
+
+
+#: What builds this process's limiters; ``None`` is :class:`ModelLimiter`. A Ray worker of the
+#: evaluation backend installs a cluster-wide one (:mod:`ember.models._cluster_limits`).
+_factory: Any = None
+
+
+def make_limiter(key: str, max_concurrency: int | None, rpm: float | None = None, tpm: float | None = None) -> Any:
+    """The limiter for ``key`` (``"model:<id>"`` or ``"provider:<name>"``): this process's own,
+    unless a cluster-wide factory is installed. Called once per limiter, never per call."""
+    if _factory is None:
+        return ModelLimiter(max_concurrency, rpm, tpm)
+    return _factory(key, max_concurrency, rpm, tpm)
+
+
+def install_factory(factory: Any) -> None:
+    """Build every later limiter with ``factory(key, max_concurrency, rpm, tpm)`` (``None``: local)."""
+    global _factory
+    _factory = factory

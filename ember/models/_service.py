@@ -62,7 +62,7 @@ from ember.models._errors import (
 )
 from ember.models._factory import ModelFactory
 from ember.models._info import ModelInfo
-from ember.models._limits import ModelLimiter
+from ember.models._limits import ModelLimiter, make_limiter
 from ember.models._registry import ModelRegistry
 from ember.models._types import ChatRequest, Message, ModelResponse, ProviderResult, UsageStats, normalize_messages
 from ember.models._usage import UsageService
@@ -299,7 +299,7 @@ class ModelService:
         with self._lock:
             limiter = self._limiters.get(info.id)
             if limiter is None or (limiter.max_concurrency, limiter.rpm, limiter.tpm) != limits:
-                limiter = self._limiters[info.id] = ModelLimiter(*limits)
+                limiter = self._limiters[info.id] = make_limiter(f"model:{info.id}", *limits)
             return limiter
 
     def _provider_limiter(self, name: str, provider_config: Any) -> ModelLimiter | None:
@@ -311,7 +311,7 @@ class ModelService:
                 return None
             limiter = self._provider_limiters.get(name)
             if limiter is None or (limiter.max_concurrency, limiter.rpm, limiter.tpm) != limits:
-                limiter = self._provider_limiters[name] = ModelLimiter(*limits)
+                limiter = self._provider_limiters[name] = make_limiter(f"provider:{name}", *limits)
             return limiter
 
     def _cache(self) -> ResponseCache | None:

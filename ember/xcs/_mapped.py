@@ -22,6 +22,12 @@ One call, two kinds of work, chosen by the inputs (see :mod:`ember.xcs._batching
   :func:`ember.local.use_mesh`, so the embedded model's generations for them form one batch
   whose rows are split over the mesh's batch axis; no item is ever run once per replica.
 
+With ``pmap(..., backend="ray")`` host items run as Ray tasks spread over a Ray cluster's
+workers instead (see :mod:`ember.xcs._ray_scheduler`): at most ``num_workers`` in flight
+(default: the cluster's CPUs), results in item order, the first failure cancelling the rest.
+Array-only calls are refused with a :class:`TransformError`: array work stays on the local
+devices, so drop ``backend="ray"`` for it.
+
 Stacking transforms fuses them: they map the same batch axis, so ``vmap(pmap(f))`` is ``f``
 mapped once with both transforms' settings (the smaller caps, the mesh of either). For
 nested mapping over two axes, use ``jax.vmap`` inside.
@@ -45,6 +51,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ember._runtime import TaskGroup, check_cancelled
 from ember.operators import LMModule, combine, is_array, partition
 from ember.xcs._batching import AxisSpec, BatchedCall, assemble, concatenate, split_call
+from ember.xcs._options import current_execution_options
 from ember.xcs._transform_errors import BatchAxisError, NotTraceableError, TransformError
 
 __all__ = ["MapOptions", "Mapped", "Transform"]
@@ -54,6 +61,8 @@ __all__ = ["MapOptions", "Mapped", "Transform"]
 HOST_WIDTH = 64
 _POLL_S = 0.25
 _UNSET: Any = object()
+#: Where host work can run.
+BACKENDS = ("local", "ray")
 
 _TRACE_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -79,8 +88,12 @@ class MapOptions:
     #: A mesh the user gave (``mesh_sharded``, ``pmap``'s ``devices``), not ``pmap``'s
     #: default of every device: host work runs under it too, and it wins when stacked.
     explicit_mesh: bool = False
+    #: Where host work runs: "local" (the runtime's threads) or "ray" (tasks on a Ray cluster).
+    backend: str = "local"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise TransformError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
         for name in ("batch_size", "max_in_flight"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -103,6 +116,7 @@ class MapOptions:
             mesh=mesh_from.mesh,
             partition_spec=mesh_from.partition_spec,
             explicit_mesh=mesh_from.explicit_mesh,
+            backend="ray" if "ray" in (self.backend, outer.backend) else "local",
         )
 
     @property
@@ -160,9 +174,26 @@ class Mapped:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         in_axes = 0 if self.options.in_axes is _UNSET else self.options.in_axes
         call = split_call(self.fn, args, kwargs, in_axes)
+        if self.options.backend == "ray":
+            if not call.host_slots:
+                raise TransformError(
+                    f"{self.name}(backend='ray') spreads host work (lists of prompts or records) over a Ray cluster; "
+                    "these inputs are arrays only, and array work stays on the local devices: drop backend='ray'"
+                )
+            return self._map_on_ray(call)
         if call.host_slots:
             return self._map_host(call)
         return self._map_arrays(call)
+
+    def _map_on_ray(self, call: BatchedCall) -> Any:
+        from ember.xcs._ray_scheduler import map_items  # Ray is imported only when asked for
+
+        caps = [c for c in (self.options.batch_size, self.options.max_in_flight) if c]
+        results = map_items(
+            self.fn, call.size, call.item, width=min(caps, default=None), name=self.name,
+            address=current_execution_options().ray_address,
+        )  # fmt: skip
+        return assemble(results, call)
 
     # -- host work ----------------------------------------------------------------------
     def _map_host(self, call: BatchedCall) -> Any:
@@ -364,4 +395,6 @@ def _describe(options: MapOptions) -> str:
         parts.append(f"mesh={dict(options.mesh.shape)}, partition_spec={options.partition_spec}")
     elif options.mesh is not None:
         parts.append(f"array work over {options.mesh.size} devices")
+    if options.backend != "local":
+        parts.append(f"backend={options.backend!r}")
     return ", ".join(parts)

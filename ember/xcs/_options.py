@@ -17,7 +17,7 @@
 >>> execution_options(scheduler="paralel")
 Traceback (most recent call last):
 ...
-ember.xcs._errors.ExecutionOptionsError: unknown scheduler 'paralel'; schedulers: auto, sequential, wave, parallel. Did you mean: parallel?
+ember.xcs._errors.ExecutionOptionsError: unknown scheduler 'paralel'; schedulers: auto, sequential, wave, parallel, ray. Did you mean: parallel?
 """
 
 from __future__ import annotations
@@ -32,21 +32,24 @@ from ember.xcs._errors import ExecutionOptionsError
 
 __all__ = ["ExecutionOptions", "current_execution_options", "execution_options"]
 
-SCHEDULERS = ("auto", "sequential", "wave", "parallel")
+SCHEDULERS = ("auto", "sequential", "wave", "parallel", "ray")
 ON_ERROR = ("cancel_dependents", "cancel_all")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ExecutionOptions:
     """``scheduler``: which scheduler runs the graph ("auto" picks, see ``docs/xcs.md``);
-    ``max_workers``: at most this many nodes run at once (None: 32); ``timeout``: seconds for
-    the whole run (None: no limit); ``on_error``: a failed node cancels only the nodes that
-    depend on it ("cancel_dependents") or the whole run ("cancel_all")."""
+    ``max_workers``: at most this many nodes run at once (None: 32; with "ray", no cap beyond
+    the cluster's CPUs); ``timeout``: seconds for the whole run (None: no limit); ``on_error``:
+    a failed node cancels only the nodes that depend on it ("cancel_dependents") or the whole
+    run ("cancel_all"); ``ray_address``: the Ray cluster "ray" (and ``pmap(backend="ray")``)
+    joins (None: ``$RAY_ADDRESS``, else a local instance; ignored once Ray is initialised)."""
 
-    scheduler: Literal["auto", "sequential", "wave", "parallel"] = "auto"
+    scheduler: Literal["auto", "sequential", "wave", "parallel", "ray"] = "auto"
     max_workers: int | None = None
     timeout: float | None = None
     on_error: Literal["cancel_dependents", "cancel_all"] = "cancel_dependents"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -67,6 +70,8 @@ class ExecutionOptions:
             isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout <= 0
         ):
             raise ExecutionOptionsError(f"timeout must be a positive number of seconds or None, got {self.timeout!r}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address):
+            raise ExecutionOptionsError(f"ray_address must be a non-empty string or None, got {self.ray_address!r}")
 
     def merged(self, overrides: dict[str, Any]) -> ExecutionOptions:
         return dataclasses.replace(self, **overrides) if overrides else self

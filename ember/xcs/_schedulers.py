@@ -31,6 +31,7 @@ from ember._runtime import Cancelled, TaskGroup, UsageScope, check_cancelled, cu
 from ember.xcs._compile import GraphPlan
 from ember.xcs._errors import GraphError, NodeExecutionError
 from ember.xcs._options import ExecutionOptions
+from ember.xcs._ray_scheduler import RayScheduler
 from ember.xcs._trace import ExecutionTrace
 
 __all__ = ["ParallelScheduler", "Scheduler", "SequentialScheduler", "WaveScheduler", "get_scheduler"]
@@ -241,6 +242,7 @@ _SCHEDULERS: dict[str, Scheduler] = {
     "sequential": SequentialScheduler(),
     "wave": WaveScheduler(),
     "parallel": ParallelScheduler(),
+    "ray": RayScheduler(),  # Ray is imported only when it runs a plan
 }
 
 

@@ -30,7 +30,7 @@ function, and ``compose(t1, t2)(f)`` is ``t1(t2(f))``:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import jax
 from jax.sharding import Mesh, PartitionSpec
@@ -75,11 +75,21 @@ def vmap(
 
 @overload
 def pmap(
-    fn: Fn, *, num_workers: int | None = None, devices: Sequence[Any] | None = None, in_axes: AxisSpec = ...
+    fn: Fn,
+    *,
+    num_workers: int | None = None,
+    devices: Sequence[Any] | None = None,
+    in_axes: AxisSpec = ...,
+    backend: Literal["local", "ray"] = "local",
 ) -> Mapped: ...
 @overload
 def pmap(
-    fn: None = None, *, num_workers: int | None = None, devices: Sequence[Any] | None = None, in_axes: AxisSpec = ...
+    fn: None = None,
+    *,
+    num_workers: int | None = None,
+    devices: Sequence[Any] | None = None,
+    in_axes: AxisSpec = ...,
+    backend: Literal["local", "ray"] = "local",
 ) -> Transform: ...
 def pmap(
     fn: Fn | None = None,
@@ -87,6 +97,7 @@ def pmap(
     num_workers: int | None = None,
     devices: Sequence[Any] | None = None,
     in_axes: AxisSpec = _UNSET,
+    backend: Literal["local", "ray"] = "local",
 ) -> Mapped | Transform:
     """Map ``fn`` over a batch in parallel: at most ``num_workers`` host items in flight,
     and array work jitted with the batch sharded over ``devices`` (names such as
@@ -95,6 +106,11 @@ def pmap(
     Unlike the deprecated ``jax.pmap``, array work is one ``jax.jit`` over a
     ``NamedSharding``: the batch need not equal the device count (it is padded), and the
     result is one sharded array.
+
+    ``backend="ray"`` spreads host items over a Ray cluster's workers as Ray tasks (at most
+    ``num_workers`` in flight; default: the cluster's CPUs); it joins the cluster named by
+    ``execution_options(ray_address=...)``, else ``$RAY_ADDRESS``, else starts a local one.
+    Array-only inputs with it raise :class:`TransformError`: array work stays local.
     """
     mesh = DeviceMesh(devices=devices, axis_names=("batch",)) if devices is not None else _all_devices()
     options = MapOptions(
@@ -103,6 +119,7 @@ def pmap(
         mesh=mesh,
         partition_spec=PartitionSpec("batch"),
         explicit_mesh=devices is not None,
+        backend=backend,
     )
     return _apply("pmap", fn, options)
 
