@@ -58,14 +58,14 @@ def loopback_process(latency: float) -> Iterator[str]:
         server.wait(10)
 
 
-def point_ember_at(base_url: str, *, concurrency: int) -> None:
-    """Route ``openai:*`` to the server, with ``concurrency`` calls in flight per model."""
+def point_ember_at(base_url: str, *, concurrency: int, transport: str | None = None) -> None:
+    """Route ``openai:*`` to the server, with ``concurrency`` calls in flight per model
+    (on ``transport`` ``sdk`` or ``lean`` when given; else the provider's default)."""
     os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"] = base_url, "sk-bench"
     from ember.config import get_config_manager
 
-    get_config_manager().update_config(
-        "model_registry", {"providers": {"openai": {"max_concurrency": concurrency}}, "default_timeout": 120}
-    )
+    openai = {"max_concurrency": concurrency, **({"transport": transport} if transport else {})}
+    get_config_manager().update_config("model_registry", {"providers": {"openai": openai}, "default_timeout": 120})
 
 
 def compare(
@@ -102,6 +102,7 @@ def throughput_arguments(description: str) -> tuple[argparse.Namespace, int, flo
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--transport", choices=["sdk", "lean"], default="sdk", help="the OpenAI adapter's transport")
     args = parser.parse_args()
     n_calls = args.items * 6
     return args, n_calls, math.ceil(n_calls / args.concurrency) * args.latency

@@ -9,7 +9,7 @@ and calls/s. The two alternate ``--repeat`` times and the best wall of each coun
 neighbour's burst of CPU on a shared machine does not land on one side only; the CPU
 seconds this process spent are printed too.
 
-    python bench/bench_eval_throughput.py [--items 2000] [--concurrency 256] [--latency 0.05] [--repeat 2]
+    python bench/bench_eval_throughput.py [--items 2000] [--concurrency 256] [--latency 0.05] [--repeat 2] [--transport sdk|lean]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from _loopback import compare, loopback_process, point_ember_at, throughput_argu
 MODEL = "openai:gpt-4o-mini"
 
 
-async def bare(n_items: int, concurrency: int, base_url: str) -> int:
+async def bare(n_items: int, concurrency: int, base_url: str, transport: str = "sdk") -> int:
     """The same calls, each item's five samples then its judge, on one adapter, with nothing else."""
     from pydantic import SecretStr
 
@@ -33,7 +33,8 @@ async def bare(n_items: int, concurrency: int, base_url: str) -> int:
     from ember.models.providers import ProviderSettings
     from ember.models.providers.openai import OpenAIProvider
 
-    adapter = OpenAIProvider(ProviderSettings(name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120))
+    adapter = OpenAIProvider(ProviderSettings(name="openai", kind="openai", base_url=base_url, api_key=SecretStr("sk-bench"), timeout=120,
+                                                transport=transport, max_connections=concurrency))
     slots = asyncio.Semaphore(concurrency)
     calls = 0
 
@@ -73,17 +74,17 @@ def ember_run(n_items: int, concurrency: int) -> int:
 def main() -> None:
     args, n_calls, limit = throughput_arguments(__doc__.splitlines()[0])
     with loopback_process(args.latency) as base_url:
-        point_ember_at(base_url, concurrency=args.concurrency)
+        point_ember_at(base_url, concurrency=args.concurrency, transport=args.transport)
         import ember.non  # noqa: F401 - import cost (JAX) is not part of the run being timed
 
-        asyncio.run(bare(10, args.concurrency, base_url))  # warm both paths: SDK import, connections
+        asyncio.run(bare(10, args.concurrency, base_url, args.transport))  # warm both paths: SDK import, connections
         ember_run(10, args.concurrency)
         work = {
-            "bare": lambda: asyncio.run(bare(args.items, args.concurrency, base_url)),
+            "bare": lambda: asyncio.run(bare(args.items, args.concurrency, base_url, args.transport)),
             "ember": lambda: ember_run(args.items, args.concurrency),
         }
         print(f"{args.items} items x (5-way ensemble + judge) = {n_calls} calls, latency {args.latency * 1000:.0f} ms, "
-              f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, best of {args.repeat}")  # fmt: skip
+              f"concurrency {args.concurrency}, transport {args.transport}, {os.cpu_count()} CPUs, best of {args.repeat}")  # fmt: skip
         print(f"latency-bound limit: ceil({n_calls}/{args.concurrency}) x {args.latency * 1000:.0f} ms = {limit:.2f} s")
         compare(work, repeat=args.repeat, n_calls=n_calls, limit=limit)
 

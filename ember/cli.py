@@ -7,7 +7,11 @@ Every finished item is journaled under ``ember_runs/``, at a path derived from t
 settings and the dataset's content: if a run is interrupted, running the same command again
 resumes it, calling no finished item twice; a changed dataset gets a journal of its own.
 Arguments are checked before any model call (a usage error exits 2, any other error exits 1
-with one line ``ember eval: ...``), and one journal serves one run at a time. Heavy modules load inside the commands, so ``ember --help`` is fast.
+with one line ``ember eval: ...``), and one journal serves one run at a time. Model-id systems
+are always sent a temperature (0 unless ``--temperature``), recorded in the journal and the report;
+each system with failed items gets its failure count and first (redacted) error printed.
+``ember models`` also lists configured endpoints and what their ``/v1/models`` serves.
+Heavy modules load inside the commands, so ``ember --help`` is fast.
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prompt template: {prompt} (query and choices), {query}, {choices}, metadata keys")  # fmt: skip
     ev.add_argument("--max-tokens", type=_number(int, low=1, what="--max-tokens"), help="max tokens per call, for model-id systems")
     ev.add_argument("--temperature", type=_number(float, low=0, high=2, what="--temperature"),
-                    help="temperature, for model-id systems")  # fmt: skip
+                    help="temperature sent to model-id systems (default 0: a server's own default, often 0.8, "
+                         "would make identical runs differ); recorded in the journal and the report")  # fmt: skip
     ev.add_argument("--concurrency", type=_number(int, low=1, what="--concurrency"), default=64,
                     help="items in flight (model calls are bounded by the models layer)")  # fmt: skip
     ev.add_argument("--budget", type=_number(float, low=0, what="--budget"), metavar="USD",
@@ -105,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "the journal stays here; needs ember-ai[ray]")  # fmt: skip
     ev.set_defaults(run=_eval, parser=ev)
 
-    models = commands.add_parser("models", help="list the models in the registry")
+    models = commands.add_parser("models", help="list the models in the registry, and the configured endpoints")
+    models.add_argument("--timeout", type=_number(float, low=0.1, what="--timeout"), default=2.0, metavar="S",
+                        help="seconds to wait for each endpoint's /v1/models (default 2)")  # fmt: skip
     models.set_defaults(run=_models, parser=models)
     datasets = commands.add_parser("datasets", help="list the registered datasets, or describe one")
     datasets.add_argument("name", nargs="?", help="show where this dataset's files come from")
@@ -198,6 +205,7 @@ def _mesh(devices: int) -> Any:
 
 def _eval(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from ember.eval import Journal, as_system, comparison_table, render_prompt, write_report
     from ember.eval._runner import Run, RunOptions, dataset_fingerprint, run_sync
@@ -214,7 +222,10 @@ def _eval(args: argparse.Namespace) -> int:
     if instruction:  # the dataset's instruction is text, not a template: its braces are literal
         instruction = instruction.replace("{", "{{").replace("}", "}}")
     prompt = args.prompt or (f"{instruction}\n\n{{prompt}}" if instruction else None)
-    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature)) if v is not None}
+    # Temperature is always sent (0 unless given): left to the server, its default (llama.cpp: 0.8) would apply
+    # and identical runs would differ. It is part of each model-id system's spec, so of the journal's identity.
+    temperature = 0.0 if args.temperature is None else args.temperature
+    params = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", temperature)) if v is not None}
     label = data.name or args.dataset
     count, sha = dataset_fingerprint(data, name=label)  # one pass: content identity, ids unique, not empty
     if count == 0:
@@ -231,7 +242,8 @@ def _eval(args: argparse.Namespace) -> int:
     report = (args.report or Path("reports") / name).expanduser()
     for path, what in ((report.with_suffix(".json"), "report"), (report.with_suffix(".html"), "report")):
         _writable(path, what)
-    if params and any(getattr(s, "model_id", None) is None for s in wrapped.values()):
+    given = args.max_tokens is not None or args.temperature is not None
+    if given and any(getattr(s, "model_id", None) is None for s in wrapped.values()):
         console.print("note: --max-tokens/--temperature apply to model-id systems; NON notation carries its own temperatures")
     journal = Journal(journal_path, fresh=args.fresh)
     try:
@@ -247,9 +259,14 @@ def _eval(args: argparse.Namespace) -> int:
             if r.stopped:
                 console.print(f"[bold red]{system}: stopped early[/bold red] — {r.stopped}; raise --budget and rerun to continue")
             if r.n_errors:
-                console.print(f"[yellow]{system}: {r.n_errors} item(s) failed; rerun the same command to retry them[/yellow]")
+                console.print(f"[yellow]{system}: {r.n_errors} item(s) failed of {r.n_items}; first error: "
+                              f"{_first_error(r)}[/yellow]", markup=True, highlight=False)  # fmt: skip
+                console.print(f"[yellow]{system}: the failed items' cost is unknown; rerun the same command to retry them "
+                              f"(every error is in {escape(str(journal_path))})[/yellow]")  # fmt: skip
+        settings = {"temperature": temperature, "max_tokens": args.max_tokens,
+                    "systems": {name: s.spec for name, s in wrapped.items()}}  # fmt: skip
         try:
-            json_path, html_path = write_report(results, report, dataset=label)
+            json_path, html_path = write_report(results, report, dataset=label, settings=settings)
         except OSError as error:
             raise EmberError(f"cannot write report {report}: {error.strerror or error}") from None
     except KeyboardInterrupt:
@@ -259,6 +276,20 @@ def _eval(args: argparse.Namespace) -> int:
         journal.close()
     console.print(f"journal {journal_path}\nreport  {json_path}\n        {html_path}")
     return 0
+
+
+def _first_error(results: Any) -> str:
+    """The first failed item's error, redacted, on one bounded line (markup escaped)."""
+    from rich.markup import escape
+
+    from ember._runtime import redact
+
+    record = next((r for r in results.records if not r.ok), None)
+    if record is None:
+        return "(not recorded)"
+    text = " ".join(redact(record.error or "").split())
+    text = text if len(text) <= 300 else text[:299] + "…"
+    return f"item {escape(record.item_id)}: {escape(text)}"
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -276,8 +307,75 @@ def _models(args: argparse.Namespace) -> int:
         price = lambda v: "unknown" if v is None else f"{v:g}"  # noqa: E731
         table.add_row(model_id, info.provider.name, price(info.cost.input_cost_per_million),
                       price(info.cost.output_cost_per_million), str(info.context_window or "-"))  # fmt: skip
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    endpoints = _endpoints(args.timeout)
+    if endpoints:
+        listing = Table(title="configured endpoints (model ids: PROVIDER:MODEL)")
+        for column in ("provider", "kind", "base URL", "key", "served models"):
+            listing.add_column(column, overflow="fold")
+        for row in endpoints:
+            listing.add_row(*row)
+        console.print(listing)
     return 0
+
+
+_OPENAI_KINDS = ("openai", "openai_compatible")
+
+
+def _endpoints(timeout: float) -> list[tuple[str, str, str, str, str]]:
+    """Each provider configured with a base URL (or of kind ``openai_compatible``): where it is,
+    whether a key is set (never the key), and the models its ``/v1/models`` lists, asked in
+    parallel with ``timeout`` seconds each. A server that does not answer is "unreachable"."""
+    import concurrent.futures
+    import os
+    from urllib.parse import urlsplit
+
+    from ember._context import get_app_context
+    from ember._runtime import redact
+
+    section = get_app_context().config_manager.get_config("model_registry")
+    found = []
+    for name, config in section.providers.items():
+        kind = config.kind or name
+        if not config.base_url and kind != "openai_compatible":
+            continue
+        key = config.api_key.get_secret_value() if config.api_key else None
+        if key is None and config.api_key_env:
+            key = os.environ.get(config.api_key_env, "").strip() or None
+        if key is not None:
+            key_state = "set"
+        elif config.requires_key or (config.requires_key is None and kind not in ("openai_compatible",)):
+            key_state = f"missing ({config.api_key_env or name.upper() + '_API_KEY'})"
+        else:
+            key_state = "none (keyless)"
+        parts = urlsplit(config.base_url or "")  # shown without user info, query or fragment: they may hold credentials
+        shown = redact(f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}") if parts.scheme else "(none)"
+        found.append((name, kind, shown, key_state, config.base_url, key))
+
+    def served(base_url: str | None, kind: str, name: str, key: str | None) -> str:
+        if not base_url:
+            return "no base_url configured"
+        if kind not in _OPENAI_KINDS:
+            return "(not asked: lists OpenAI-style servers only)"
+        import httpx
+
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            response = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=timeout)
+        except Exception as error:  # refused, timed out, bad URL: a row, never a traceback
+            return f"unreachable ({type(error).__name__})"
+        if response.status_code != 200:
+            return f"unreachable (HTTP {response.status_code} from /models)"
+        try:
+            ids = [str(m["id"]) for m in response.json().get("data", [])]
+        except Exception:
+            return "answered, but not with an OpenAI model list"
+        return ", ".join(f"{name}:{i}" for i in ids) or "(none listed)"
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(found)))) as pool:
+        answers = list(pool.map(lambda f: served(f[4], f[1], f[0], f[5]), found))
+    return [(name, kind, shown, state, redact(answer)) for (name, kind, shown, state, _, _), answer in zip(found, answers)]
 
 
 def _datasets(args: argparse.Namespace) -> int:

@@ -38,7 +38,13 @@ EXPECTED: dict[str, tuple[list[str], list[str], int]] = {
     # The `make demo` job, on a smaller draw: the embedded SmolLM2 model on CPU.
     "eval_demo.py": (
         ["--items", "2", "--max-tokens", "4", "--judge-tokens", "16"],
-        ["2 minibench items x 3 systems", "ensemble+vote", "ensemble+judge", "report: reports/eval_demo.json"],
+        [
+            "2 minibench items x 3 systems",
+            "ensemble+vote",
+            "ensemble+judge",
+            "report: reports/eval_demo.json",
+            "2 items x 3 systems in",
+        ],
         600,
     ),
     # A local Ray instance: an evaluation and a graph on Ray workers.

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import ItemsView, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -139,11 +139,23 @@ class ProviderConfig(_Model):
     kind: str | None = None
     api_key: SecretStr | None = None
     api_key_env: str | None = None
+    #: Whether a missing key is an error. ``None``: the adapter decides (``openai`` and
+    #: ``anthropic`` need one; ``openai_compatible`` does not, so an ``api_key_env`` whose
+    #: variable is unset means "send no key", for a keyless local server).
+    requires_key: bool | None = None
     base_url: str | None = None
     timeout: float | None = Field(default=None, gt=0)
     max_concurrency: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
+    #: ``sdk`` (the official client) or ``lean`` (aiohttp + orjson, same typed errors; see
+    #: ``ember.models.providers._lean``). ``None``: ``lean`` for ``openai_compatible`` servers
+    #: other than the official APIs, ``sdk`` for the ``openai`` and ``anthropic`` kinds.
+    transport: Literal["sdk", "lean"] | None = None
+    #: How structured answers are asked for: ``json_schema``, ``json_object`` (JSON mode with
+    #: the schema beside it) or ``none`` (through the prompt, validated locally). ``None``: the
+    #: adapter's declaration, negotiated down once per process if the server rejects it.
+    structured_output: Literal["json_schema", "json_object", "none"] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
     _register_for_redaction = field_validator("api_key")(_clean_key)

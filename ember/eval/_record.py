@@ -15,7 +15,8 @@ class ItemRecord:
 
     ``attempts`` counts provider attempts over all of the item's calls, so
     ``attempts - calls`` is how many retries the item needed. ``cost_usd`` is ``None``
-    when any call's price is unknown.
+    when any call's price is unknown, and for a failed item when any of its calls failed
+    (whether the provider billed failed work is not something Ember can see: never a false $0).
     """
 
     system: str

@@ -40,8 +40,14 @@ def comparison_table(results: Mapping[str, EvaluationResults], *, title: str = "
     return table
 
 
-def report_dict(results: Mapping[str, EvaluationResults], *, dataset: str = "", records: bool = False) -> dict[str, Any]:
-    """Everything in the report, JSON-ready (NaN becomes ``null``)."""
+def report_dict(
+    results: Mapping[str, EvaluationResults], *, dataset: str = "", records: bool = False, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything in the report, JSON-ready (NaN becomes ``null``).
+
+    ``settings`` (e.g. ``{"temperature": 0.0, "max_tokens": None, "systems": {...}}``, as
+    ``ember eval`` passes) are stored under ``"settings"``, so a report says how it was made.
+    """
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and math.isnan(value):
@@ -56,6 +62,7 @@ def report_dict(results: Mapping[str, EvaluationResults], *, dataset: str = "", 
         {
             "dataset": dataset,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **({"settings": dict(settings)} if settings is not None else {}),
             "systems": {name: r.to_dict(records=records) for name, r in results.items()},
         }
     )
@@ -119,8 +126,11 @@ def _items_table(results: Mapping[str, EvaluationResults], limit: int) -> str:
     return f"<table><tr><th>item</th>{head}</tr>{''.join(body)}</table>"
 
 
-def render_html(results: Mapping[str, EvaluationResults], *, dataset: str = "", title: str = "Ember evaluation", item_rows: int = 50) -> str:
-    """The whole report as one HTML document."""
+def render_html(
+    results: Mapping[str, EvaluationResults], *, dataset: str = "", title: str = "Ember evaluation", item_rows: int = 50,
+    settings: Mapping[str, Any] | None = None,
+) -> str:
+    """The whole report as one HTML document; ``settings`` (temperature, max tokens) are stated under the title."""
     metrics = sorted({m for r in results.values() for m in r.metrics} - {"accuracy", "error_rate"})
     head = ["system", "accuracy [95% CI]", *metrics, "items", "errors", "cost", "cost / item", "p50", "p90", "p99", "calls", "retries", "tokens"]
     rows = []
@@ -134,9 +144,11 @@ def render_html(results: Mapping[str, EvaluationResults], *, dataset: str = "", 
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     stopped = [f"<p class=bad>{html.escape(n)}: stopped early — {html.escape(r.stopped)}</p>" for n, r in results.items() if r.stopped]
     created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    shown = {k: v for k, v in (settings or {}).items() if k != "systems" and v is not None}
+    setting = " · " + ", ".join(f"{html.escape(str(k))} {html.escape(str(v))}" for k, v in shown.items()) if shown else ""
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class=note>dataset <b>{html.escape(dataset)}</b> · {created} · "
+        f"<h1>{html.escape(title)}</h1><p class=note>dataset <b>{html.escape(dataset)}</b>{setting} · {created} · "
         "accuracy intervals: 95% percentile bootstrap (1000 resamples); latency per item, end to end.</p>"
         + "".join(stopped)
         + _accuracy_chart(results)
@@ -147,12 +159,13 @@ def render_html(results: Mapping[str, EvaluationResults], *, dataset: str = "", 
 
 
 def write_report(
-    results: Mapping[str, EvaluationResults], path: str | Path, *, dataset: str = "", title: str = "Ember evaluation"
+    results: Mapping[str, EvaluationResults], path: str | Path, *, dataset: str = "", title: str = "Ember evaluation",
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``<path>.json`` and ``<path>.html``; returns both paths."""
+    """Write ``<path>.json`` and ``<path>.html``; returns both paths. ``settings``: see :func:`report_dict`."""
     base = Path(path).expanduser()
     base.parent.mkdir(parents=True, exist_ok=True)
     json_path, html_path = base.with_suffix(".json"), base.with_suffix(".html")
-    json_path.write_text(json.dumps(report_dict(results, dataset=dataset), indent=2, default=str))
-    html_path.write_text(render_html(results, dataset=dataset, title=title))
+    json_path.write_text(json.dumps(report_dict(results, dataset=dataset, settings=settings), indent=2, default=str))
+    html_path.write_text(render_html(results, dataset=dataset, title=title, settings=settings))
     return json_path, html_path

@@ -359,13 +359,17 @@ class Run:
                     scope.cancel("the evaluation run was cancelled")
                     raise
                 # Failed after the service's retries, or could not be sent at all: journal it, retry on resume.
-                # Failed requests are not billed: the cost is that of the calls that were answered.
+                # Where a call failed, the item's cost is unknown (whether a provider bills failed work, or
+                # work it timed out on, Ember cannot see): never a false $0. Where every call was answered
+                # (an unusable output, an evaluator's error) it is what those calls cost.
                 latency = time.perf_counter() - started
                 if usage is None:
                     usage = used.usage
                 calls = used.calls + used.failed
                 if isinstance(error, (ProviderError, SystemFailure)):
                     calls = calls or 1
+                if used.failed or isinstance(error, ProviderError):
+                    usage = dataclasses.replace(usage, cost_usd=None)
                 attempts = max(used.attempts, getattr(error, "attempts", 0) or 0, calls)
                 text = output.text if output is not None else None
                 where = "" if output is None else "evaluation failed: "

@@ -14,9 +14,14 @@ the provider, which cannot be handed a mesh) is generated that way. Prompts are 
 or ``{"role", "content"}`` mappings; failures are :class:`LocalModelError` subclasses. The ``local`` model provider
 (``local:smollm2-135m-instruct``) serves requests through :class:`MicroBatcher`, which
 groups concurrent requests into such batches and maps these errors onto the models layer's.
+
+Compiled programs persist across processes in JAX's compilation cache (``~/.cache/ember/jax``;
+``EMBER_COMPILE_CACHE`` moves it or, set to ``off``, disables it), and :func:`warm_up`
+compiles a workload's shape buckets ahead of its requests; see ``docs/local-model.md``.
 """
 
 from ember.local._batcher import MicroBatcher, shared_batcher
+from ember.local._compile_cache import compile_cache_dir, compile_counts, enable_compile_cache, start_warm_up, warm_up
 from ember.local._errors import (
     CorruptModelFileError,
     InvalidGenerationConfigError,
@@ -47,10 +52,15 @@ __all__ = [
     "PromptTooLongError",
     "UnsupportedModelError",
     "batch_mesh",
+    "compile_cache_dir",
+    "compile_counts",
     "current_mesh",
     "default_dtype",
+    "enable_compile_cache",
     "load_model",
     "resolve_model_path",
     "shared_batcher",
+    "start_warm_up",
     "use_mesh",
+    "warm_up",
 ]

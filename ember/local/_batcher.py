@@ -24,6 +24,7 @@ import dataclasses
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from ember.local._errors import PromptTooLongError
@@ -42,6 +43,7 @@ class _Pending:
     future: Future
     assistant_prefix: str = ""
     mesh: MeshSpec | None = None
+    on_tokens: Callable[[Sequence[int]], None] | None = None
 
 
 class MicroBatcher:
@@ -69,6 +71,7 @@ class MicroBatcher:
         deadline: float | None = None,
         assistant_prefix: str = "",
         mesh: MeshSpec | None = None,
+        on_tokens: Callable[[Sequence[int]], None] | None = None,
     ) -> Future[Generation]:
         """Queue one prompt; the future resolves to its :class:`Generation` (or its error:
         :class:`PromptTooLongError` for a prompt that does not fit the context window).
@@ -77,13 +80,14 @@ class MicroBatcher:
         ``"timeout"``. Cancelling the future before its batch starts drops the request.
         ``assistant_prefix`` is text the reply must start with; generation continues it.
         ``mesh`` (a :class:`MeshSpec`, e.g. :func:`~ember.local.current_mesh`) splits the
-        batch this request joins over the mesh's batch axis.
+        batch this request joins over the mesh's batch axis. ``on_tokens`` streams: it is
+        called on the worker thread with the row's token ids so far after every decode chunk.
         """
         if mesh is not None and not isinstance(mesh, MeshSpec):
             raise TypeError(f"mesh must be a MeshSpec (see ember.local.current_mesh), got {type(mesh).__name__}")
         future: Future[Generation] = Future()
         self._ensure_worker()
-        self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix, mesh))
+        self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix, mesh, on_tokens))
         return future
 
     def close(self) -> None:
@@ -150,7 +154,9 @@ class MicroBatcher:
             self.sharded_batches += 1
         try:
             configs, deadlines = [p.config for p in ready], [p.deadline for p in ready]
-            results = model.generate_tokens(ids, configs, deadlines=deadlines, **placement)
+            callbacks = [p.on_tokens for p in ready]
+            streaming = {"on_tokens": callbacks} if any(callbacks) else {}
+            results = model.generate_tokens(ids, configs, deadlines=deadlines, **placement, **streaming)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
             for p in ready:
                 p.future.set_exception(exc)

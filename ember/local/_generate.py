@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -268,12 +268,16 @@ def generate_tokens(
     axis: str = "batch",
     deadlines: Sequence[float | None] | None = None,
     chunk: int = 16,
+    on_tokens: Sequence[Callable[[Sequence[int]], None] | None] | None = None,
 ) -> list[Generation]:
     """Continue each prompt (token ids) under its own config, as one batched generation.
 
     ``end_ids`` are the end-of-turn tokens; ``max_new_tokens`` is clipped to the context
     window. ``deadlines`` are ``time.monotonic()`` instants after which a row stops with
     ``finish_reason="timeout"``. Parameters must already be placed (replicated on ``mesh``).
+    ``on_tokens`` (one per prompt, or None) are called on this thread after the prefill and
+    after every decode chunk in which their row gained tokens, with the row's token ids so far
+    (raw: they may run past a stop string or end with an end-of-turn token); for streaming.
     """
     n = len(prompt_ids)
     if n == 0:
@@ -317,10 +321,13 @@ def generate_tokens(
         params, put(tokens), put(start), put(row_map_arr), sampling, end, cache_len=s_size, **static
     )
     placed: list[_Row | None] = [*rows, *[None] * pad]  # the row behind each batch position
+    reported = [0] * n  # tokens each row's on_tokens has seen
     new_tokens = np.asarray(first)[:, None]
     slot = t_size  # cache slot of the next fed token
     while True:
         _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
+        if on_tokens is not None:
+            _report(rows, on_tokens, reported)
         now = time.monotonic()
         for r in rows:
             if r.finish is None and r.deadline is not None and now >= r.deadline:
@@ -346,6 +353,14 @@ def generate_tokens(
     results = [_result(r, tokenizer, end_ids) for r in rows]
     stats.generated_tokens += sum(g.completion_tokens for g in results)
     return results
+
+
+def _report(rows: list[_Row], on_tokens: Sequence[Callable[[Sequence[int]], None] | None], seen: list[int]) -> None:
+    """Tell each streaming row's callback of its new tokens (callbacks must not raise)."""
+    for i, (r, callback) in enumerate(zip(rows, on_tokens)):
+        if callback is not None and len(r.tokens) > seen[i]:
+            seen[i] = len(r.tokens)
+            callback(tuple(r.tokens))
 
 
 def _sampling_arrays(rows: list[_Row], pad: int) -> SamplingParams:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember.local._chat import ChatFormat, chat_format_from_template
+from ember.local._compile_cache import ensure_compile_cache
 from ember.local._generate import Generation, GenerationConfig, GenerationStats, bucket, generate_tokens, prompt_bucket
 from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
@@ -129,8 +130,10 @@ class LocalModel:
         mesh: Mesh | None = None,
         batch_axis: str = "batch",
         deadlines: Sequence[float | None] | None = None,
+        on_tokens: Sequence[Callable[[Sequence[int]], None] | None] | None = None,
     ) -> list[Generation]:
-        """:meth:`generate` for prompts already tokenized."""
+        """:meth:`generate` for prompts already tokenized; ``on_tokens``: per-prompt token
+        callbacks for streaming (see :func:`ember.local._generate.generate_tokens`)."""
         configs = _per_prompt(config, len(prompt_ids))
         with self._lock:
             return generate_tokens(
@@ -145,6 +148,7 @@ class LocalModel:
                 axis=batch_axis,
                 deadlines=deadlines,
                 chunk=self.decode_chunk,
+                on_tokens=on_tokens,
             )
 
     def next_token_logits(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -199,7 +203,11 @@ _models_lock = threading.Lock()
 
 def load_model(path: str | os.PathLike | None = None, *, dtype: Any = None) -> LocalModel:
     """The model at ``path`` (an embedded model name, a GGUF path, or ``None`` for
-    SmolLM2-135M-Instruct), loaded on first use and shared by the whole process."""
+    SmolLM2-135M-Instruct), loaded on first use and shared by the whole process.
+
+    Turns on JAX's persistent compilation cache first (:mod:`ember.local._compile_cache`;
+    ``EMBER_COMPILE_CACHE=off`` disables it), so a new process reuses compiled programs."""
+    ensure_compile_cache()
     resolved = resolve_model_path(path)
     key = (str(resolved), jnp.dtype(dtype if dtype is not None else default_dtype()).name)
     with _models_lock:

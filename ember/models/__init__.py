@@ -17,11 +17,13 @@ from ember.models._errors import (
     ProviderNotFoundError,
     ProviderTimeoutError,
     RateLimitError,
+    StreamInterruptedError,
 )
 from ember.models._factory import ModelFactory
 from ember.models._info import ModelCost, ModelInfo, ProviderInfo, RateLimit
 from ember.models._registry import ModelRegistry
 from ember.models._service import CallStats, ModelService
+from ember.models._stream import AsyncModelStream, ModelStream
 from ember.models._types import ChatRequest, Message, ModelResponse, ProviderResult, UsageStats
 from ember.models._usage import ModelUsage, UsageService, UsageTotals
 from ember.models.providers import Provider, ProviderSettings, register_provider
@@ -33,5 +35,5 @@ __all__ = [
     "ModelInfo", "ModelNotFoundError", "ModelRegistry", "ModelResponse", "ModelService", "ModelUsage",
     "Provider", "ProviderConnectionError", "ProviderError", "ProviderInfo", "ProviderNotFoundError",
     "ProviderResult", "ProviderSettings", "ProviderTimeoutError", "RateLimit", "RateLimitError",
-    "ResponseCache", "UsageService", "UsageStats", "UsageTotals", "join_budget", "register_provider", "share_budget",
+    "ResponseCache", "StreamInterruptedError", "AsyncModelStream", "ModelStream", "UsageService", "UsageStats", "UsageTotals", "join_budget", "register_provider", "share_budget",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "ProviderConnectionError",
     "ContextLengthExceededError",
     "MalformedResponseError",
+    "StreamInterruptedError",
     "BudgetExceededError",
 ]
 
@@ -159,6 +160,17 @@ class MalformedResponseError(ProviderError):
         self.snippet = redact(snippet[:_SNIPPET_CHARS])
         more = "..." if len(snippet) > _SNIPPET_CHARS else ""
         super().__init__(f"{message}; response began: {self.snippet!r}{more}", **kwargs)
+
+
+class StreamInterruptedError(ProviderError):
+    """A stream failed after its first delta: never retried (the caller has seen text).
+
+    ``partial_text`` is what had been streamed; the cause is chained (``__cause__``).
+    """
+
+    def __init__(self, message: str, *, partial_text: str = "", **kwargs) -> None:
+        self.partial_text = partial_text
+        super().__init__(message, **kwargs)
 
 
 class BudgetExceededError(EmberError):

@@ -52,7 +52,10 @@ class ModelFactory:
             raise ProviderNotFoundError(model_info.id, name, known)
         key_env = (config.api_key_env if config else None) or cls.api_key_env
         api_key = self._api_key(model_info, config)
-        if api_key is None and (cls.requires_key or (config is not None and config.api_key_env)):
+        # A key is required where the config says so (``requires_key``), else where the adapter
+        # needs one: ``openai_compatible`` with an unset ``api_key_env`` sends none (a keyless server).
+        requires_key = config.requires_key if config is not None and config.requires_key is not None else cls.requires_key
+        if api_key is None and requires_key:
             raise MissingCredentialsError(
                 name, key_env or f"{name.upper()}_API_KEY", f"model_registry.providers.{name}.api_key",
                 model_id=model_info.id,
@@ -67,6 +70,8 @@ class ModelFactory:
             timeout=timeout,
             api_key_env=key_env,
             options=reveal_secrets(dict(config.options)) if config else {},
+            transport=config.transport if config else None,
+            max_connections=(config.max_concurrency if config else None) or section.default_max_concurrency,
         )
 
     @staticmethod
@@ -105,6 +110,8 @@ class ModelFactory:
             settings.base_url,
             settings.timeout,
             repr(sorted(settings.options.items())),
+            settings.transport,
+            settings.max_connections,
         )
         with self._lock:
             adapter = self._adapters.get(key)

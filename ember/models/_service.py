@@ -19,6 +19,19 @@ the request with a ``TypeError``, a bug) becomes a non-retryable
 :class:`~ember.models.ProviderError` naming its type: nothing raw escapes, and nothing that
 would fail the same way again is retried.
 
+Structured output (``response_format=`` / ``json_schema=``) is asked for in the form the
+provider declares (``Provider.structured_output``: ``json_schema``, ``json_object`` with the
+schema beside it and in the prompt, or ``none``: the prompt alone; below ``json_schema`` the
+answer is validated here with one repair call)
+or its config's ``structured_output:``. A server that refuses the form, whatever status it
+uses (see ``_rejects_form``), gets the next form its adapter can send, at once: one extra
+request per server (provider name + base URL) and process, logged once at INFO and
+remembered. Until a server has answered one structured request, such requests to it go one
+at a time, so a burst pays for the probe once.
+
+Deterministic client errors are never retried: 400, 404, 422, and a 5xx whose body is a
+request-validation error (llama-cpp-python answers a refused field with a 500).
+
 Everything after "resolve" runs on Ember's I/O loop (:mod:`ember._runtime._loop`), so the
 limits are one process-wide budget however the caller is parallelised.
 
@@ -46,7 +59,7 @@ import numbers
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -59,14 +72,25 @@ from ember.models._errors import (
     ModelError,
     ProviderError,
     ProviderTimeoutError,
+    StreamInterruptedError,
 )
 from ember.models._factory import ModelFactory
 from ember.models._info import ModelInfo
 from ember.models._limits import ModelLimiter, make_limiter
 from ember.models._registry import ModelRegistry
-from ember.models._types import ChatRequest, Message, ModelResponse, ProviderResult, UsageStats, normalize_messages
+from ember.models._stream import AsyncModelStream, ModelStream
+from ember.models._types import (
+    ChatRequest,
+    Message,
+    ModelResponse,
+    ProviderResult,
+    StructuredOutput,
+    UsageStats,
+    normalize_messages,
+)
 from ember.models._usage import UsageService
 from ember.models.providers._base import Provider
+from ember.models.providers._sdk_errors import is_request_validation_error
 
 if TYPE_CHECKING:
     from ember.config import ConfigManager
@@ -101,6 +125,8 @@ class _Route:
     max_retries: int
     backoff_base: float
     backoff_max: float
+    #: What this route's server accepts for structured output (shared by every route to it).
+    negotiation: _Negotiation | None = None
 
 
 class ModelService:
@@ -192,6 +218,36 @@ class ModelService:
 
     acall = ainvoke_model
 
+    def stream(self, model_id: str, prompt: Prompt, **params: Any) -> ModelStream:
+        """Stream the answer: iterate for ``str`` deltas, then the full :class:`ModelResponse`.
+
+        Takes :meth:`invoke_model`'s parameters; bad ones raise at once. The deltas
+        concatenate to ``response.text``; the response carries exact usage and cost, recorded
+        as for any call. The same limits apply, and the concurrency slot is held until the
+        stream ends; a transient failure before the first delta is retried like any call,
+        one after it raises :class:`~ember.models.StreamInterruptedError` (never retried: the
+        caller has seen text). ``timeout`` bounds the wait for each delta, not the whole
+        stream. Cache: a cached answer is replayed as one delta (``response.cached``), and a
+        streamed answer is stored like any other. Stopping early (``break``, ``close()``,
+        a ``with`` block, cancellation of the enclosing scope) closes the HTTP connection.
+        See :mod:`ember.models._stream`.
+        """
+        if _loop.on_io_loop():
+            raise RuntimeError("stream would deadlock on Ember's I/O loop; iterate astream instead")
+        route, request = self._prepare(model_id, prompt, params)
+        scope = current_scope()
+        if scope is not None:
+            scope.check()
+        return ModelStream(self._execute_stream(route, request, current_usage_scope()), scope)
+
+    def astream(self, model_id: str, prompt: Prompt, **params: Any) -> AsyncModelStream:
+        """Async twin of :meth:`stream`: ``async for item in service.astream(...)``, from any event loop."""
+        route, request = self._prepare(model_id, prompt, params)
+        scope = current_scope()
+        if scope is not None:
+            scope.check()
+        return AsyncModelStream(self._execute_stream(route, request, current_usage_scope()), scope)
+
     def close(self) -> None:
         """Close provider clients (on the I/O loop) and cache files."""
         adapters = self.factory.adapters()
@@ -280,6 +336,11 @@ class ModelService:
             max_retries=section.max_retries,
             backoff_base=section.backoff_base,
             backoff_max=section.backoff_max,
+            negotiation=_negotiation(
+                info.provider.name,
+                adapter.settings.base_url,
+                type(adapter).structured_output_ladder(getattr(provider_config, "structured_output", None)),
+            ),
         )
         with self._lock:
             if len(self._routes) >= _MAX_ROUTES:  # every config scope is a new revision: stay bounded
@@ -362,7 +423,22 @@ class ModelService:
         if scope is not None:
             scope.record(usage, attempts=attempts)
         try:
-            parsed = _parse_structured(request, result)
+            try:
+                parsed = _parse_structured(request, result)
+            except MalformedResponseError as error:
+                negotiation = route.negotiation
+                if negotiation is None or negotiation.form == "json_schema":
+                    raise  # the server constrained the answer itself: nothing a second ask would fix
+                # Asked through the prompt (or JSON mode): show the model its answer and why, once.
+                result, more = await self._call_with_retries(route, _repair_request(request, result.text, error))
+                extra = UsageStats(result.input_tokens, result.output_tokens,
+                                   route.info.cost.cost(result.input_tokens, result.output_tokens))
+                self.usage_service.add_usage_record(request.model_id, extra)
+                if scope is not None:
+                    scope.record(extra, attempts=more)
+                usage = usage + extra
+                attempts += more
+                parsed = _parse_structured(request, result)
         except ModelError:
             stats.failed += 1
             raise
@@ -379,6 +455,35 @@ class ModelService:
         )
 
     async def _call_with_retries(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
+        """:meth:`_attempts`, in the structured-output form this route's server accepts.
+
+        Until a server has answered a structured request, one such request at a time probes
+        it (the others wait for its answer, then use what it learnt): so a rejected form
+        costs one extra request per server and process, however many calls were in flight.
+        """
+        negotiation = route.negotiation
+        if request.output_schema is None or negotiation is None:
+            return await self._attempts(route, request)
+        rejected = 0
+        while True:
+            if negotiation.confirmed:
+                result, attempts = await self._attempts(route, _in_form(request, negotiation.form))
+                return result, attempts + rejected
+            async with negotiation.probe():
+                if negotiation.confirmed:
+                    continue
+                form = negotiation.form
+                try:
+                    result, attempts = await self._attempts(route, _in_form(request, form))
+                except ModelError as error:
+                    if not negotiation.downgrade(form, error, request.model_id):
+                        raise
+                    rejected += 1
+                    continue
+                negotiation.confirm(form)
+                return result, attempts + rejected
+
+    async def _attempts(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
         limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
         estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
         attempt = 0
@@ -404,7 +509,7 @@ class ModelService:
                         f"no answer within {request.timeout:g} s", model_id=request.model_id, retryable=True
                     )
                 except ModelError as exc:
-                    error = exc
+                    error = _deterministic(exc)
                 except Exception as exc:  # an adapter's bug, or an SDK refusing the request: typed, not retried
                     error = _unexpected(exc, route, request)
                 finally:
@@ -418,6 +523,148 @@ class ModelService:
                 raise error
             delay = _backoff(attempt, route.backoff_base, route.backoff_max, error.retry_after)
             logger.info("%s: %s; retry %d in %.2f s", request.model_id, type(error).__name__, attempt, delay)
+            stats.retries += 1
+            stats.waiting_to_retry += 1
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                stats.waiting_to_retry -= 1
+
+
+    # -- streaming (I/O loop) -------------------------------------------------------------
+    async def _execute_stream(
+        self, route: _Route, request: ChatRequest, scope: UsageScope | None
+    ) -> AsyncIterator[str | ModelResponse]:
+        """:meth:`_execute` for a stream: deltas as they come, then the priced response."""
+        started = time.perf_counter()
+        stats = self.stats
+        stats.started += 1
+        cache = self._cache()
+        key = cache_key(request.model_id, request) if cache is not None else None
+        result = cache.get(key) if cache is not None else None
+        attempts = 0
+        try:
+            if result is None:
+                async for item in self._stream_with_retries(route, request):
+                    if isinstance(item, str):
+                        yield item
+                    else:
+                        result, attempts = item
+            else:
+                stats.cache_hits += 1
+                if result.text:  # a replay: the whole cached answer as one delta
+                    yield result.text
+        except ModelError as error:
+            stats.failed += 1
+            if scope is not None:
+                scope.record_failure(attempts=getattr(error, "attempts", 1))
+            raise
+        except BaseException:  # cancelled, or closed early by its consumer
+            stats.failed += 1
+            raise
+        assert result is not None
+        if attempts and cache is not None:
+            cache.put(key, request.model_id, result)
+        cost = route.info.cost.cost(result.input_tokens, result.output_tokens) if attempts else 0.0
+        usage = UsageStats(result.input_tokens, result.output_tokens, cost)
+        if attempts:
+            self.usage_service.add_usage_record(request.model_id, usage)
+        if scope is not None:
+            scope.record(usage, attempts=attempts)
+        try:
+            parsed = _parse_structured(request, result)
+        except ModelError:
+            stats.failed += 1
+            raise
+        stats.succeeded += 1
+        yield ModelResponse(
+            text=result.text,
+            model_id=request.model_id,
+            usage=usage,
+            latency_s=time.perf_counter() - started,
+            finish_reason=result.finish_reason,
+            attempts=attempts,
+            cached=not attempts,
+            parsed=parsed,
+        )
+
+    async def _stream_with_retries(
+        self, route: _Route, request: ChatRequest
+    ) -> AsyncIterator[str | tuple[ProviderResult, int]]:
+        """The adapter's :meth:`~Provider.astream` under the limits: deltas, then ``(result, attempts)``.
+
+        Retries as :meth:`_call_with_retries` does, but only until the first delta; the slot
+        is held until the stream ends or its consumer closes it.
+        """
+        limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
+        estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
+        attempt = 0
+        while True:
+            attempt += 1
+            await limiter.admit(estimate)
+            if shared is not None:
+                await shared.admit(estimate)
+            shared_slots = shared.slots if shared is not None else None
+            parts: list[str] = []
+            async with limiter.slots:
+                if shared_slots is not None:
+                    await shared_slots.acquire()
+                stats.in_flight += 1
+                source = route.adapter.astream(request)
+                try:
+                    while True:
+                        try:
+                            async with asyncio.timeout(request.timeout):
+                                item = await anext(source)
+                        except StopAsyncIteration:
+                            raise MalformedResponseError(
+                                "the stream ended without its final result", snippet="".join(parts),
+                                model_id=request.model_id,
+                            ) from None
+                        if isinstance(item, ProviderResult):
+                            break
+                        if item:
+                            parts.append(item)
+                            yield item
+                    streamed = "".join(parts)
+                    if item.text != streamed and item.text.startswith(streamed):
+                        yield item.text[len(streamed):]  # keep the promise: deltas concatenate to the text
+                    actual = item.input_tokens + item.output_tokens
+                    limiter.settle(estimate, actual)
+                    if shared is not None:
+                        shared.settle(estimate, actual)
+                    yield item, attempt
+                    return
+                except TimeoutError:
+                    error: ModelError = ProviderTimeoutError(
+                        f"no {'next delta' if parts else 'answer'} within {request.timeout:g} s",
+                        model_id=request.model_id, retryable=True,
+                    )
+                except ModelError as exc:
+                    error = _deterministic(exc)  # the same classification as _attempts
+                except Exception as exc:  # an adapter's bug, or an SDK refusing the request: typed, not retried
+                    error = _unexpected(exc, route, request)
+                finally:
+                    try:
+                        await source.aclose()  # type: ignore[attr-defined]  # closes the HTTP response
+                    finally:
+                        stats.in_flight -= 1
+                        if shared_slots is not None:
+                            shared_slots.release()
+            if parts:
+                raise StreamInterruptedError(
+                    f"the stream broke after {len(parts)} deltas ({type(error).__name__}: {error}); not retried, "
+                    "the caller has seen part of the answer",
+                    partial_text="".join(parts), model_id=request.model_id, attempts=attempt,
+                ) from error
+            if not error.retryable or attempt > route.max_retries:
+                if attempt > 1:
+                    error.attempts = attempt
+                    error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
+                raise error
+            delay = _backoff(attempt, route.backoff_base, route.backoff_max, error.retry_after)
+            logger.info("%s: %s before the first delta; retry %d in %.2f s", request.model_id,
+                        type(error).__name__, attempt, delay)
             stats.retries += 1
             stats.waiting_to_retry += 1
             try:
@@ -557,6 +804,7 @@ _RESERVED_EXTRA = {
     "response_format": "response_format= or json_schema=",
     "timeout": "timeout=",
     "stream": None,
+    "stream_options": None,
 }
 
 
@@ -579,7 +827,8 @@ def _extra(extra: Any, model_id: str) -> dict[str, Any]:
                 problem = (
                     f"would override a field Ember sets itself; set it with {instead} instead"
                     if instead
-                    else "is not supported: Ember reads whole answers, not streams"
+                    else "is not a payload field: to stream, call service.stream(...) or models.stream(...) "
+                    "(async: astream), which yield text deltas and then the full response"
                 )
                 raise InvalidRequestError(f"{where}[{name!r}]", problem, model_id=model_id)
     return extra
@@ -621,3 +870,145 @@ def _parse_structured(request: ChatRequest, result: ProviderResult) -> BaseModel
             snippet=result.text,
             model_id=request.model_id,
         ) from None
+
+
+# -- structured output: what each server accepts, learnt once per process -------------------
+
+#: Words by which a rejection names the structured-output field: OpenAI-style errors name
+#: ``response_format`` (its ``param``/message), pydantic/FastAPI servers its location
+#: (``'loc': ('body', 'response_format', 'type')``) and the values they accept ("Input should
+#: be 'text' or 'json_object'"). A rejection whose text names none of them is the request's
+#: other fault, never a reason to downgrade.
+_FORM_MARKERS = ("response_format", "response format", "json_schema", "json_object")
+
+
+def _rejects_form(error: ModelError) -> bool:
+    """Whether ``error`` is a server refusing the structured-output form it was sent.
+
+    A deterministic refusal (400, 422, or any non-retried 5xx such as llama-cpp-python's
+    500 validation body) whose text names the structured-output field (:data:`_FORM_MARKERS`).
+    A 404, a rate limit, a timeout or a plain (retryable) 500 never is.
+    """
+    status = getattr(error, "status_code", None)
+    if status is None or error.retryable or not (status in (400, 422) or status >= 500):
+        return False
+    text = (error.args[0] if error.args else "").lower()
+    return any(marker in text for marker in _FORM_MARKERS)
+
+
+def _deterministic(error: ModelError) -> ModelError:
+    """A retryable 5xx whose body is a request-validation error made non-retryable.
+
+    The SDK path classifies it already (:func:`~ember.models.providers._sdk_errors.map_sdk_error`);
+    this catches any adapter that did not: the same request fails the same way again.
+    """
+    status = getattr(error, "status_code", None)
+    if error.retryable and status is not None and status >= 500 and is_request_validation_error(str(error)):
+        error.retryable = False
+    return error
+
+
+class _Negotiation:
+    """The structured-output form one server (provider name + base URL) accepts.
+
+    Starts at the top of ``ladder`` (the provider's declared form, or its config override);
+    each rejection of the form moves one step down, once, logged at INFO. A form that was
+    answered, or the last one, is ``confirmed``: calls then go out at once in that form.
+    """
+
+    def __init__(self, ladder: tuple[StructuredOutput, ...], server: str = "") -> None:
+        self.ladder = ladder
+        self.server = server
+        self.level = 0
+        self.confirmed = len(ladder) == 1
+        self._lock = threading.Lock()
+        self._probe: asyncio.Lock | None = None
+        self._probe_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def form(self) -> StructuredOutput:
+        return self.ladder[self.level]
+
+    def probe(self) -> asyncio.Lock:
+        """One structured request at a time until the form is confirmed (on the I/O loop)."""
+        loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe_loop is not loop:
+            self._probe, self._probe_loop = asyncio.Lock(), loop
+        return self._probe
+
+    def confirm(self, form: StructuredOutput) -> None:
+        with self._lock:
+            if form == self.form:
+                self.confirmed = True
+
+    def downgrade(self, form: StructuredOutput, error: ModelError, model_id: str) -> bool:
+        """Step down after ``error`` rejected ``form``; False when it is no such rejection or nothing is left."""
+        with self._lock:
+            if form != self.form:  # another call stepped down already: try the current form
+                return True
+            if not _rejects_form(error) or self.level + 1 >= len(self.ladder):
+                return False
+            self.level += 1
+            self.confirmed = self.level == len(self.ladder) - 1
+            lower = self.form
+        logger.info(
+            "%s: %s rejected structured output as %r (HTTP %s); using %r for it from now on, in this process",
+            model_id, self.server or "the server", form, getattr(error, "status_code", "?"), lower,
+        )
+        return True
+
+
+_NEGOTIATIONS: dict[tuple[str, str | None], _Negotiation] = {}
+_NEGOTIATIONS_LOCK = threading.Lock()
+
+
+def forget_negotiations() -> None:
+    """Forget what every server was found to accept (e.g. a server replaced at the same URL; tests)."""
+    with _NEGOTIATIONS_LOCK:
+        _NEGOTIATIONS.clear()
+
+
+def _negotiation(provider: str, base_url: str | None, ladder: tuple[StructuredOutput, ...]) -> _Negotiation:
+    """The process-wide negotiation for one server; a changed ladder (a new config override) starts afresh."""
+    key = (provider, base_url)
+    with _NEGOTIATIONS_LOCK:
+        negotiation = _NEGOTIATIONS.get(key)
+        if negotiation is None or negotiation.ladder != ladder:
+            negotiation = _NEGOTIATIONS[key] = _Negotiation(ladder, f"{provider} ({base_url or 'default URL'})")
+        return negotiation
+
+
+def _schema_instructions(schema: Mapping[str, Any]) -> tuple[str, str]:
+    """The JSON schema as text, and the sentence that asks for an answer conforming to it."""
+    text = json.dumps(schema, separators=(",", ":"))
+    return text, f"Reply with only a JSON object (no prose, no code fence) that conforms to this JSON schema:\n{text}"
+
+
+def _in_form(request: ChatRequest, form: StructuredOutput) -> ChatRequest:
+    """``request`` asking for its schema as ``form``: below ``json_schema``, also in the prompt.
+
+    JSON mode alone does not say which object (and a server may ignore the schema beside it);
+    with ``none`` the prompt is all there is. The instruction is appended to the last user
+    message, unless a message already carries the schema (an operator's specification writes
+    its own instructions).
+    """
+    if request.structured_output == form:
+        return request
+    messages = request.messages
+    if form != "json_schema" and request.output_schema is not None:
+        schema_text, instruction = _schema_instructions(request.output_schema)
+        if not any(schema_text in m.content for m in messages):
+            last = max((i for i, m in enumerate(messages) if m.role == "user"), default=len(messages) - 1)
+            target = messages[last]
+            messages = (*messages[:last], Message(target.role, f"{target.content}\n\n{instruction}"),
+                        *messages[last + 1:])
+    return dataclasses.replace(request, structured_output=form, messages=messages)
+
+
+def _repair_request(request: ChatRequest, answer: str, error: MalformedResponseError) -> ChatRequest:
+    """The one follow-up to an answer that failed validation: the answer, and why it failed."""
+    reason = error.args[0].split("; response began:")[0] if error.args else "it is not valid"
+    _, instruction = _schema_instructions(request.output_schema or {})
+    messages = (*request.messages, Message("assistant", answer),
+                Message("user", f"That answer was rejected: {reason}\n\n{instruction}"))
+    return dataclasses.replace(request, messages=messages)

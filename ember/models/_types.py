@@ -19,6 +19,11 @@ from ember._runtime import UsageStats
 __all__ = ["Message", "ChatRequest", "ProviderResult", "UsageStats", "ModelResponse", "normalize_messages"]
 
 Role = Literal["system", "user", "assistant"]
+#: How a structured answer is asked for: a named JSON schema, JSON mode (with the schema
+#: beside it where the server takes one), or only through the prompt.
+StructuredOutput = Literal["json_schema", "json_object", "none"]
+#: Every form, best first: negotiation only ever moves down this list.
+STRUCTURED_OUTPUT_FORMS: tuple[StructuredOutput, ...] = ("json_schema", "json_object", "none")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,6 +89,9 @@ class ChatRequest:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: The full ``provider:name`` id, for error messages.
     model_id: str = ""
+    #: The form in which to ask for ``output_schema`` (set by the service's negotiation;
+    #: ``None``: the adapter's own declared form). Adapters with one form ignore it.
+    structured_output: StructuredOutput | None = None
 
     @property
     def system(self) -> str | None:

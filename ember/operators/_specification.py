@@ -22,6 +22,8 @@ follow-up request a caller may make before giving up (see :meth:`LMModule.genera
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import string
@@ -109,13 +111,12 @@ class Specification(Generic[InT, OutT]):
         return (self.input_model or Record).model_json_schema()
 
     def output_schema(self) -> dict[str, Any]:
-        """JSON schema of the structured output."""
-        return self._output_model().model_json_schema()
+        """JSON schema of the structured output (a fresh copy: callers may change it)."""
+        return copy.deepcopy(_json_schema(self._output_model()))
 
     def output_instructions(self) -> str:
         """What to append to a prompt so the model answers with parseable JSON."""
-        schema = json.dumps(self.output_schema(), separators=(",", ":"))
-        return f"Reply with only a JSON object (no prose, no code fence) that conforms to this JSON schema:\n{schema}"
+        return _instructions(self._output_model())
 
     def parse_output(self, text: str, *, inputs: BaseModel | None = None) -> OutT:
         """Extract the JSON object from a model's answer and validate it.
@@ -241,3 +242,16 @@ def _extract_json(text: str) -> Any:
             return data
         error = f"expected a JSON object, got {type(data).__name__}"
     raise ValueError(error)
+
+
+# pydantic builds a model's JSON schema anew on every call (about 0.1 ms), and every structured
+# call asks for it: built once per model class instead.
+@functools.cache
+def _json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+@functools.cache
+def _instructions(model: type[BaseModel]) -> str:
+    schema = json.dumps(_json_schema(model), separators=(",", ":"))
+    return f"Reply with only a JSON object (no prose, no code fence) that conforms to this JSON schema:\n{schema}"

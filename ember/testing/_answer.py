@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import re
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from ember.testing._request import LoopbackRequest
 
@@ -41,11 +42,63 @@ def default_responder(request: LoopbackRequest) -> str:
     arithmetic with ``+ - * / x`` and the usual precedence, so pipelines can be checked for
     right answers. Anything else is answered ``[MODEL] You said: "LAST USER MESSAGE"``,
     deterministic and traceable to the request that produced it.
+
+    A request that carries a JSON schema (:attr:`LoopbackRequest.output_schema`: a
+    ``json_schema`` or ``json_object`` + ``schema`` response format, Anthropic's
+    ``output_config``) is answered with a JSON object valid against it (see :func:`schema_instance`),
+    as a server that constrains its output would.
     """
     question = request.last_user_message
     match = _ARITHMETIC.fullmatch(question)
     answer = match and _calculate(match["first"], _OPERATION.findall(match["rest"]))
-    return answer or f'[{request.model}] You said: "{question}"'
+    text = answer or f'[{request.model}] You said: "{question}"'
+    schema = request.output_schema
+    if schema is not None:
+        return json.dumps(schema_instance(schema, text, schema))
+    return text
+
+
+def schema_instance(schema: Any, text: str, root: Any = None) -> Any:
+    """A small value valid against ``schema`` (the subset pydantic emits), strings set to ``text``.
+
+    Objects get their required properties (all of them when none are listed); ``enum`` and
+    ``const`` take their first value; ``$ref`` is followed within ``root``; ``anyOf``/``oneOf``
+    take the first branch that is not ``null``; numbers are ``1`` (or their ``minimum``), booleans ``true``, arrays
+    one item (when ``minItems`` asks for it, that many).
+    """
+    root = schema if root is None else root
+    if not isinstance(schema, dict):
+        return text
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return schema_instance(target, text, root)
+    for key in ("anyOf", "oneOf", "allOf"):
+        branches = [b for b in schema.get(key) or () if not (isinstance(b, dict) and b.get("type") == "null")]
+        if branches:
+            return schema_instance(branches[0], text, root)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        properties = schema.get("properties") or {}
+        names = schema.get("required") or list(properties)
+        return {name: schema_instance(properties.get(name, {}), text, root) for name in names}
+    if kind == "array":
+        return [schema_instance(schema.get("items", {}), text, root) for _ in range(max(1, schema.get("minItems", 1)))]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text
 
 
 def _calculate(first: str, operations: list[tuple[str, str]]) -> str | None:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-FaultKind = Literal["rate_limit", "server_error", "slow", "malformed", "drop", "context_length"]
+FaultKind = Literal["rate_limit", "server_error", "slow", "malformed", "drop", "context_length", "stream_cut", "client_error"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +35,8 @@ class Fault:
     status: int | None = None  # server_error
     retry_after: float | None = None  # rate_limit
     delay: float | None = None  # slow
+    after: int | None = None  # stream_cut
+    message: str | None = None  # client_error (None: a generic message)
 
     def __post_init__(self) -> None:
         if self.rate is not None and self.on is not None:
@@ -114,6 +116,23 @@ class Fault:
         return cls("drop", rate, _indexes(on), provider, path)
 
     @classmethod
+    def client_error(
+        cls,
+        status: int = 400,
+        message: str = "Invalid request (ember loopback fault).",
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
+    ) -> Fault:
+        """An HTTP 4xx (400, 404, 422, ...) in the provider's error format, with ``message``:
+        a deterministic rejection, which a client must not retry."""
+        if not 400 <= status <= 499:
+            raise ValueError(f"a client error needs a 4xx status, got {status}")
+        return cls("client_error", rate, _indexes(on), provider, path, status=status, message=message)
+
+    @classmethod
     def context_length(
         cls,
         *,
@@ -125,6 +144,23 @@ class Fault:
         """HTTP 400 "prompt too long": OpenAI code ``context_length_exceeded``,
         Anthropic ``invalid_request_error`` "prompt is too long"."""
         return cls("context_length", rate, _indexes(on), provider, path)
+
+
+    @classmethod
+    def stream_cut(
+        cls,
+        after: int = 2,
+        *,
+        rate: float | None = None,
+        on: Iterable[int] | None = None,
+        provider: Literal["openai", "anthropic"] | None = None,
+        path: str | None = None,
+    ) -> Fault:
+        """A streamed answer whose connection drops after its first ``after`` SSE events
+        (a failure mid-stream); a request that does not stream is answered normally."""
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+        return cls("stream_cut", rate, _indexes(on), provider, path, after=after)
 
 
 def _indexes(on: Iterable[int] | None) -> frozenset[int] | None:

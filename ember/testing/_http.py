@@ -85,6 +85,13 @@ class Response:
         chunks = [b"%x\r\n%s\r\n" % (len(event), event) for event in self.events]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + b"".join(chunks) + b"0\r\n\r\n"
 
+    def encode_parts(self, keep_alive: bool) -> tuple[bytes, ...]:
+        """A stream's :meth:`encode` split: head, one chunk per event, then the terminating chunk."""
+        whole = self.encode(keep_alive)
+        head_end = whole.index(_HEAD_END) + len(_HEAD_END)
+        chunks = tuple(b"%x\r\n%s\r\n" % (len(event), event) for event in self.events or ())
+        return (whole[:head_end], *chunks, b"0\r\n\r\n")
+
 
 def _reason(status: int) -> str:
     try:

@@ -43,6 +43,27 @@ class LoopbackRequest:
         """Text of the last ``"user"`` message, or ``""`` when there is none."""
         return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
 
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the request asks the answer to follow, or None.
+
+        OpenAI: ``response_format.json_schema.schema`` (``type: json_schema``) or
+        ``response_format.schema`` (``type: json_object`` with a schema, as llama.cpp's server
+        takes it); Anthropic: ``output_config.format.schema``.
+        """
+        body = self.body
+        if self.provider == "openai":
+            form = body.get("response_format")
+            if not isinstance(form, dict):
+                return None
+            inner = form.get("json_schema")
+            schema = inner.get("schema") if form.get("type") == "json_schema" and isinstance(inner, dict) else None
+            schema = form.get("schema") if form.get("type") == "json_object" else schema
+        else:
+            form = (body.get("output_config") or {}).get("format") if isinstance(body.get("output_config"), dict) else None
+            schema = form.get("schema") if isinstance(form, dict) else None
+        return schema if isinstance(schema, dict) else None
+
 
 def parse_openai(body: Any, index: int) -> LoopbackRequest:
     """Read a ``POST /v1/chat/completions`` body."""

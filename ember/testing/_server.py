@@ -28,6 +28,8 @@ from ember.testing._records import Recorder, RequestRecord, ServerStats
 from ember.testing._request import InvalidRequest, Provider, parse_anthropic, parse_openai
 
 _PARSERS = {"/v1/chat/completions": parse_openai, "/v1/messages": parse_anthropic}
+#: Real servers the loopback server can imitate (``LoopbackServer(profile=...)``).
+PROFILES = ("llama_cpp",)
 _NOT_JSON = object()
 
 
@@ -73,6 +75,20 @@ class LoopbackServer:
         models: ids listed by ``GET /v1/models`` (any model id is answered regardless).
         host, port: where to listen; port 0 picks a free one.
         backlog: pending-connection queue, large so bursts of connects never stall.
+        profile: behave like a particular real server (see :data:`PROFILES`); ``None``: the
+            permissive default, which takes every request both APIs define.
+
+    Profiles keep behaviour once seen against a real server in the tests:
+
+    ``"llama_cpp"``
+        llama-cpp-python's OpenAI-compatible server (as it served SmolLM2). Its
+        ``response_format.type`` is ``text`` or ``json_object`` only: a ``json_schema`` request
+        is refused with HTTP 500 and the pydantic validation error as text
+        (``"Input should be 'text' or 'json_object'"``), a deterministic rejection that must
+        not be retried. ``json_object`` with a ``schema`` is honoured (the responder sees the
+        schema as :attr:`LoopbackRequest.output_schema`, and the default responder answers
+        JSON valid against it). It answers one request at a time: later requests wait, not
+        counted in flight, so ``stats.max_in_flight`` reads 1.
     """
 
     def __init__(
@@ -86,8 +102,16 @@ class LoopbackServer:
         host: str = "127.0.0.1",
         port: int = 0,
         backlog: int = 4096,
+        profile: str | None = None,
     ) -> None:
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+        self.profile = profile
         self.latency = latency
+        #: Seconds between a stream's SSE events (0: the whole stream in one write). With a
+        #: pause between events, a client that stops reading mid-stream is noticed and
+        #: recorded as ``client_closed``.
+        self.stream_interval = 0.0
         self.responder = responder or default_responder
         self.faults = faults
         self.seed = seed
@@ -98,6 +122,7 @@ class LoopbackServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._gate: asyncio.Event | None = None  # set while responses flow, cleared by pause()
+        self._serial: asyncio.Lock | None = None  # one request at a time (a profile's server)
         self._startup_error: BaseException | None = None
 
     @property
@@ -222,11 +247,13 @@ class LoopbackServer:
 
     def __repr__(self) -> str:
         state = self.url if self._thread is not None else "stopped"
-        return f"LoopbackServer({state}, latency={self.latency}, faults={len(self.faults)})"
+        profile = f", profile={self.profile!r}" if self.profile else ""
+        return f"LoopbackServer({state}, latency={self.latency}, faults={len(self.faults)}{profile})"
 
     async def _serve(self, ready: threading.Event) -> None:
         self._loop, self._stop, self._gate = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
         self._gate.set()
+        self._serial = asyncio.Lock() if self.profile == "llama_cpp" else None
         connections: set[asyncio.Task] = set()
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -269,7 +296,14 @@ class LoopbackServer:
                 except HttpError as error:
                     writer.write(_wire.error("openai", error.status, str(error)).encode(keep_alive=False))
                     return
-                if request is None or not await self._respond(request, reader, writer):
+                if request is None:
+                    return
+                if self._serial is None:
+                    keep = await self._respond(request, reader, writer)
+                else:
+                    async with self._serial:  # arrives (and is counted in flight) only on its turn
+                        keep = await self._respond(request, reader, writer)
+                if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return  # the client went away mid-request
@@ -300,7 +334,7 @@ class LoopbackServer:
                 record.client_closed = True  # the client gave up: nothing to answer
                 return False
             await self._gate.wait()
-            if kind in (None, "slow"):
+            if kind in (None, "slow", "stream_cut"):
                 response = self._answer(request, provider, body, record)
             elif kind != "drop":
                 response = _wire.fault_response(fault, provider, record.stream)
@@ -309,9 +343,31 @@ class LoopbackServer:
         if response is None:  # dropped
             writer.transport.abort()
             return False
+        if response.events is not None and (self.stream_interval or kind == "stream_cut"):
+            return await self._send_stream(response, request.keep_alive, fault, reader, writer, record)
         writer.write(response.encode(request.keep_alive))
         await writer.drain()
         return request.keep_alive
+
+    async def _send_stream(
+        self, response: Response, keep_alive: bool, fault: Fault | None, reader: _Reader,
+        writer: asyncio.StreamWriter, record: RequestRecord,
+    ) -> bool:
+        """Send a stream event by event: ``stream_interval`` apart, cut short by a ``stream_cut``."""
+        head, *chunks = response.encode_parts(keep_alive)
+        cut = fault.after if fault is not None and fault.kind == "stream_cut" else None
+        writer.write(head)
+        for i, chunk in enumerate(chunks):
+            if cut is not None and i >= cut:
+                await writer.drain()
+                writer.transport.abort()  # mid-stream: the connection drops, no terminating chunk
+                return False
+            if i and self.stream_interval and not await _sleep_unless_closed(self.stream_interval, reader):
+                record.client_closed = True  # the client stopped reading mid-stream
+                return False
+            writer.write(chunk)
+            await writer.drain()
+        return keep_alive
 
     def _answer(self, request: HttpRequest, provider: Provider, body: Any, record: RequestRecord) -> Response:
         parse = _PARSERS.get(request.path)
@@ -325,6 +381,11 @@ class LoopbackServer:
             parsed = parse(body, record.index)
         except InvalidRequest as error:
             return _wire.error(provider, 400, str(error))
+        if self.profile == "llama_cpp" and provider == "openai":
+            form = body.get("response_format")
+            kind = form.get("type") if isinstance(form, dict) else None
+            if form is not None and kind not in ("text", "json_object"):
+                return _wire.llama_cpp_validation_error("response_format.type", kind, "'text' or 'json_object'")
         try:
             completion = complete(parsed, self.responder)
         except Exception as error:  # a broken responder is the test's bug: report it, keep serving

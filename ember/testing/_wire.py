@@ -156,6 +156,20 @@ def error(
     return Response(status, _json(body), headers=headers)
 
 
+def llama_cpp_validation_error(field: str, value: Any, expected: str) -> Response:
+    """llama-cpp-python's answer to a body its pydantic model refuses: HTTP 500 (its error
+    handler wraps FastAPI's ``RequestValidationError``) with the validation errors as text."""
+    detail = {
+        "type": "literal_error",
+        "loc": ("body", *field.split(".")),
+        "msg": f"Input should be {expected}",
+        "input": value,
+        "ctx": {"expected": expected},
+    }
+    body = {"error": {"message": repr([detail]), "type": "internal_server_error", "param": None, "code": None}}
+    return Response(500, _json(body))
+
+
 def fault_response(fault: Fault, provider: Provider, stream: bool) -> Response:
     """What a ``rate_limit``, ``server_error``, ``malformed`` or ``context_length`` fault sends."""
     if fault.kind == "rate_limit":
@@ -166,6 +180,8 @@ def fault_response(fault: Fault, provider: Provider, stream: bool) -> Response:
         )
     if fault.kind == "server_error":
         return error(provider, fault.status, "The server had an error while processing your request.")
+    if fault.kind == "client_error":
+        return error(provider, fault.status, fault.message or "Invalid request.")
     if fault.kind == "context_length":
         if provider == "openai":
             return error(

@@ -27,12 +27,14 @@ _CONSTRUCTORS = {
     "malformed": Fault.malformed,
     "drop": Fault.drop,
     "context_length": Fault.context_length,
+    "client_error": Fault.client_error,
 }
 _CONVERT = {
     "rate": float,
     "retry_after": float,
     "delay": float,
     "status": int,
+    "message": str,
     "provider": str,
     "path": str,
     "on": lambda value: [int(i) for i in value.split("+")],
@@ -86,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MODULE:FUNCTION",
         help="answer function taking an ember.testing.LoopbackRequest",
     )
+    parser.add_argument("--profile", choices=("llama_cpp",), help="imitate a real server (see LoopbackServer)")
     args = parser.parse_args(argv)
     server = LoopbackServer(
         latency=args.latency,
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models=args.models or ("loopback",),
         host=args.host,
         port=args.port,
+        profile=args.profile,
     )
     with server:
         print(f"Ember loopback server on {server.url}", flush=True)

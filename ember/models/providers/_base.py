@@ -29,11 +29,12 @@ import abc
 import dataclasses
 import importlib
 import threading
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from pydantic import SecretStr
 
-from ember.models._types import ChatRequest, ProviderResult
+from ember.models._types import STRUCTURED_OUTPUT_FORMS, ChatRequest, ProviderResult, StructuredOutput
 
 __all__ = [
     "Provider", "ProviderSettings", "client_options", "register_provider", "provider_class", "known_provider_kinds",
@@ -58,6 +59,10 @@ class ProviderSettings:
     timeout: float = 60.0
     api_key_env: str | None = None
     options: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: ``"sdk"`` or ``"lean"`` (see :mod:`._lean`); ``None``: the adapter's default for its kind and URL.
+    transport: str | None = None
+    #: Keep-alive connections a lean transport keeps: the provider's concurrency limit.
+    max_connections: int | None = None
 
 
 def client_options(options: dict) -> dict:
@@ -81,6 +86,16 @@ class Provider(abc.ABC):
     requires_key: ClassVar[bool] = True
     #: Whether ``response_format`` (structured output) is enforced by the backend itself.
     supports_structured_output: ClassVar[bool] = False
+    #: The best structured-output form the backend is assumed to accept: ``"json_schema"``
+    #: (a named JSON schema), ``"json_object"`` (JSON mode, with the schema beside it where
+    #: the server takes one) or ``"none"`` (the service asks for JSON in the prompt and
+    #: validates locally). ``None``: ``"json_schema"`` if ``supports_structured_output``,
+    #: else ``"none"``. A provider's config ``structured_output:`` overrides it.
+    structured_output: ClassVar[StructuredOutput | None] = None
+    #: The forms this adapter can send, best first (it reads ``ChatRequest.structured_output``).
+    #: When a server rejects one, the service downgrades to the next, once per process (see
+    #: :class:`~ember.models.ModelService`). ``None``: the declared form alone (no negotiation).
+    structured_output_forms: ClassVar[tuple[StructuredOutput, ...] | None] = None
     #: Request timeout when config sets none (``None``: the registry's ``default_timeout``).
     default_timeout: ClassVar[float | None] = None
 
@@ -94,6 +109,45 @@ class Provider(abc.ABC):
         Map transient failures (429, 5xx, timeouts, dropped connections) to errors with
         ``retryable=True`` (and ``retry_after`` when the server said so); the service retries.
         """
+
+    @classmethod
+    def structured_output_ladder(cls, start: StructuredOutput | None = None) -> tuple[StructuredOutput, ...]:
+        """The forms to try, best first: from ``start`` (config's override, else the declared
+        form) down through the forms this adapter can send. The first is always ``start``."""
+        declared = cls.structured_output or ("json_schema" if cls.supports_structured_output else "none")
+        first = start or declared
+        forms = cls.structured_output_forms or (declared,)
+        rank = STRUCTURED_OUTPUT_FORMS.index(first)
+        return (first, *(f for f in forms if STRUCTURED_OUTPUT_FORMS.index(f) > rank))
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
+        """Stream one request: yield text deltas (``str``), then exactly one :class:`ProviderResult`.
+
+        The contract every adapter's ``astream`` keeps (the service relies on it):
+
+        - Deltas are non-empty strings whose concatenation is the final result's ``text``;
+          the :class:`ProviderResult` is the last item and carries the exact usage (OpenAI:
+          ``stream_options={"include_usage": True}``; Anthropic: ``message_start`` /
+          ``message_delta``) and the finish reason.
+        - Failures raise the same typed errors as :meth:`acomplete`, ``retryable`` where a
+          retry could succeed; this includes a connection dropped mid-body (map the transport's
+          error, e.g. ``httpx.TransportError``, to a retryable
+          :class:`~ember.models.ProviderConnectionError`). The service retries only before
+          the first delta; after it, any error becomes a
+          :class:`~ember.models.StreamInterruptedError`.
+        - The HTTP response is closed in a ``finally`` (or ``async with``): the service
+          closes the generator (``aclose()``) or cancels the task running it when the
+          consumer stops early, and that must close the connection at once.
+        - The service applies ``request.timeout`` to the wait for each item, not to the
+          whole stream; the adapter sets no overall deadline of its own.
+
+        This default is for adapters without streaming: it calls :meth:`acomplete` and
+        yields the whole text as one delta.
+        """
+        result = await self.acomplete(request)
+        if result.text:
+            yield result.text
+        yield result
 
     def describe_model(self, model_name: str) -> dict:
         """Facts the provider knows about a model absent from the catalogue (e.g. context size)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from types import ModuleType
 
@@ -24,9 +25,25 @@ from ember.models._errors import (
     RateLimitError,
 )
 
-__all__ = ["map_sdk_error", "retry_after_seconds"]
+__all__ = ["map_sdk_error", "retry_after_seconds", "is_request_validation_error"]
 
 _CONTEXT_MARKERS = ("context_length_exceeded", "prompt is too long", "maximum context length", "too many tokens")
+#: How a 5xx body says "your request is invalid" rather than "I failed": pydantic/FastAPI
+#: request validation that a server (llama-cpp-python's, for one) wraps in a 500. The same
+#: request fails the same way every time, so it is never retried. Markers: pydantic's
+#: "N validation error(s)", its v2 messages ("Input should be ...", "Field required"), an
+#: error location inside the request body (``'loc': ('body', ...)`` or ``"loc": ["body", ...]``),
+#: and FastAPI's ``RequestValidationError``.
+_VALIDATION_MARKERS = re.compile(
+    r"\bvalidation errors?\b|\binput should be\b|\bfield required\b|requestvalidationerror"
+    r"""|['"]loc['"]\s*:\s*[(\[]\s*['"]body['"]""",
+    re.IGNORECASE,
+)
+
+
+def is_request_validation_error(text: str) -> bool:
+    """Whether an error body's text is a request-validation error (see ``_VALIDATION_MARKERS``)."""
+    return bool(_VALIDATION_MARKERS.search(text))
 
 
 def retry_after_seconds(headers) -> float | None:
@@ -73,6 +90,11 @@ def map_sdk_error(exc: Exception, sdk: ModuleType, model_id: str) -> ModelError:
             return RateLimitError(
                 f"rate limited: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
             )
+        if status >= 500 and is_request_validation_error(text):  # deterministic: the same request fails again
+            return ProviderError(
+                f"request rejected: {text} (not retried: the server's {status} is a request-validation error)",
+                model_id=model_id, status_code=status,
+            )
         if status >= 500 or status == 408:
             return ProviderError(
                 f"provider error: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
@@ -83,3 +105,18 @@ def map_sdk_error(exc: Exception, sdk: ModuleType, model_id: str) -> ModelError:
             return ModelNotFoundError(model_id, reason=f"The provider says: {text}")
         return ProviderError(f"request rejected: {text}", model_id=model_id, status_code=status)
     return ProviderError(f"unexpected {type(exc).__name__}: {exc}", model_id=model_id)
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's transport errors (a body cut short mid-stream), which SDKs raise
+    unwrapped while a stream is iterated: ``httpx.TransportError`` of each HTTP library the
+    SDKs may be built on (``httpx``, or its renamed fork ``httpx2``) that is importable."""
+    import importlib
+
+    found = []
+    for name in ("httpx", "httpx2"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)

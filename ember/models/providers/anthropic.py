@@ -9,17 +9,22 @@ takes them).
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ember.models._errors import MalformedResponseError
+from ember.models._errors import MalformedResponseError, ProviderConnectionError
 from ember.models._types import ChatRequest, ProviderResult
+from ember.models.providers import _lean
 from ember.models.providers._base import Provider, client_options, register_provider
-from ember.models.providers._sdk_errors import map_sdk_error
+from ember.models.providers._sdk_errors import map_sdk_error, transport_errors
 
+_TRANSPORT_ERRORS = transport_errors()
 __all__ = ["AnthropicProvider"]
 
 #: Anthropic requires max_tokens; this is used when the caller gives none.
 DEFAULT_MAX_TOKENS = 1024
+#: The ``anthropic-version`` header the lean transport sends (the SDK sends the same).
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @register_provider
@@ -35,6 +40,8 @@ class AnthropicProvider(Provider):
 
         self._sdk = anthropic
         self._sdk_client = None
+        self._lean = _lean.transport_of(settings) == "lean"
+        self._lean_client: _lean.LeanClient | None = None
 
     def _client(self):
         if self._sdk_client is None:
@@ -63,7 +70,28 @@ class AnthropicProvider(Provider):
             payload["extra_body"] = extra_body
         return payload
 
+    def _lean_transport(self) -> _lean.LeanClient:
+        if self._lean_client is None:
+            settings, headers = self.settings, {"anthropic-version": ANTHROPIC_VERSION}
+            if settings.api_key:
+                headers["x-api-key"] = settings.api_key.get_secret_value()
+            options = client_options(settings.options)
+            self._lean_client = _lean.LeanClient(
+                _lean.lean_base_url(settings, self.base_url_env, "https://api.anthropic.com"),
+                {**headers, **options.get("default_headers", {})},
+                query=options.get("default_query"),
+                timeout=settings.timeout,
+                pool_size=_lean.lean_pool_size(settings),
+            )
+        return self._lean_client
+
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
+        if self._lean:
+            body = await self._lean_transport().post(
+                "/v1/messages", _lean.lean_body(self._payload(request)),
+                model_id=request.model_id, timeout=request.timeout,
+            )
+            return _lean.parse_anthropic(body, request.model_id)
         client, sdk = self._client(), self._sdk
         try:
             response = await client.messages.create(**self._payload(request), timeout=request.timeout)
@@ -81,6 +109,56 @@ class AnthropicProvider(Provider):
             raw_model=response.model,
         )
 
+    async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
+        """SSE via ``messages.create(stream=True)``: text from ``content_block_delta``, input
+        tokens from ``message_start``, output tokens and stop reason from ``message_delta``;
+        the contract is :meth:`Provider.astream`'s."""
+        client, sdk = self._client(), self._sdk
+        try:
+            stream = await client.messages.create(**self._payload(request), stream=True, timeout=request.timeout)
+        except (sdk.AnthropicError, json.JSONDecodeError) as exc:
+            raise map_sdk_error(exc, sdk, request.model_id) from None
+        parts: list[str] = []
+        input_tokens = output_tokens = stop = model = None
+        try:
+            async with stream:  # closes the HTTP response however the loop ends (cancel, aclose, error)
+                async for event in stream:
+                    kind = getattr(event, "type", None)
+                    if kind == "message_start":
+                        model = event.message.model
+                        input_tokens = event.message.usage.input_tokens
+                        output_tokens = event.message.usage.output_tokens
+                    elif kind == "content_block_delta" and getattr(event.delta, "type", None) == "text_delta":
+                        if event.delta.text:
+                            parts.append(event.delta.text)
+                            yield event.delta.text
+                    elif kind == "message_delta":
+                        stop = event.delta.stop_reason or stop
+                        usage = event.usage
+                        output_tokens = usage.output_tokens
+                        if getattr(usage, "input_tokens", None) is not None:
+                            input_tokens = usage.input_tokens
+        except (sdk.AnthropicError, json.JSONDecodeError) as exc:
+            raise map_sdk_error(exc, sdk, request.model_id) from None
+        except _TRANSPORT_ERRORS as exc:  # the body cut short: the SDK does not wrap errors mid-stream
+            raise ProviderConnectionError(
+                f"stream broken: {type(exc).__name__}: {exc}", model_id=request.model_id, retryable=True
+            ) from None
+        if input_tokens is None or stop is None:
+            raise MalformedResponseError(
+                "stream ended before message_start and message_delta", snippet="".join(parts),
+                model_id=request.model_id,
+            )
+        yield ProviderResult(
+            text="".join(parts),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens or 0,
+            finish_reason=stop,
+            raw_model=model,
+        )
+
     async def aclose(self) -> None:
+        if self._lean_client is not None:
+            await self._lean_client.aclose()
         if self._sdk_client is not None:
             await self._sdk_client.close()

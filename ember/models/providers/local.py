@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ember.local import (
@@ -47,9 +47,11 @@ from ember.local import (
     ModelFileNotFoundError,
     PromptTooLongError,
     current_mesh,
+    enable_compile_cache,
     load_model,
     resolve_model_path,
     shared_batcher,
+    start_warm_up,
 )
 from ember.local._gguf import read_gguf
 from ember.local._guided import flat_fields, guided_json
@@ -128,6 +130,27 @@ class LocalProvider(Provider):
         self._aliases = {str(k): str(v) for k, v in (options.get("models") or {}).items()}
         self._window_s = float(options.get("batch_window_s", 0.01))
         self._max_batch = int(options.get("max_batch", 32))
+        #: ``compile_cache``: true (default: ``~/.cache/ember/jax``), a directory, or false.
+        self._compile_cache = options.get("compile_cache", True)
+        #: ``warmup``: :func:`ember.local.warm_up` options (``batch_sizes``, ``prompt_tokens``,
+        #: ``max_new_tokens``, ``modes``), run on a background thread after the model loads;
+        #: ``true`` for the defaults; unset or false: none (the persistent cache still applies).
+        warmup = options.get("warmup") or None
+        self._warmup: dict | None = {} if warmup is True else (dict(warmup) if warmup else None)
+        self._warmed: set[Path] = set()
+
+    def _load(self, path: Path) -> LocalModel:
+        """Load the model (on a worker thread), enabling the compile cache first and starting
+        the configured warm-up once per model file."""
+        if self._compile_cache is not True:  # an explicit choice; the default is load_model's own
+            enable_compile_cache(self._compile_cache or False)
+        model = load_model(path)
+        if self._warmup is not None and path not in self._warmed:
+            self._warmed.add(path)
+            options = dict(self._warmup)
+            options.setdefault("batch_sizes", [n for n in (1, 2, 4, 8, 16, 32) if n <= self._max_batch])
+            start_warm_up(model, **options)
+        return model
 
     def _config(self, request: ChatRequest, model: LocalModel) -> GenerationConfig:
         default = model.default_config
@@ -149,7 +172,7 @@ class LocalProvider(Provider):
         mesh = current_mesh()  # the caller's use_mesh: the context copied when the call was made
         path = resolve_model_path(request.model_name, self._aliases)
         # The first call loads the weights (seconds): on a worker thread, never on the loop.
-        model = await asyncio.to_thread(load_model, path)
+        model = await asyncio.to_thread(self._load, path)
         batcher = shared_batcher(model, window_s=self._window_s, max_batch=self._max_batch)
         try:
             config = self._config(request, model)
@@ -186,6 +209,85 @@ class LocalProvider(Provider):
             input_tokens=generations[0].prompt_tokens,
             output_tokens=output_tokens,
             finish_reason=generations[-1].finish_reason,
+            raw_model=model.metadata.get("general.name") or model.path.name,
+        )
+
+    async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
+        """Token by token from the decode loop: the batcher calls back after every decode chunk
+        (``decode_chunk`` steps) with the row's tokens, and their new text is a delta.
+
+        Text that could still turn out to be part of a stop string (its last
+        ``len(longest stop) - 1`` characters) or half a UTF-8 character is held back until it is
+        settled, so the deltas concatenate to the final text. A guided (JSON schema) request is
+        generated in steps and comes as one delta. The row shares its batch with other
+        requests: a stream closed early stops being reported, but its row runs on to its end
+        inside the batch (there is no connection to close; a request still queued is dropped).
+        """
+        model_id = f"local:{request.model_name}"
+        if flat_fields(request.output_schema) is not None:
+            async for item in super().astream(request):
+                yield item
+            return
+        with _models_errors(model_id):
+            mesh = current_mesh()
+            path = resolve_model_path(request.model_name, self._aliases)
+            model = await asyncio.to_thread(self._load, path)
+            batcher = shared_batcher(model, window_s=self._window_s, max_batch=self._max_batch)
+            try:
+                config = self._config(request, model)
+            except ValueError as exc:
+                raise ProviderError(str(exc), model_id=model_id) from exc
+            loop = asyncio.get_running_loop()
+            deltas: asyncio.Queue[str] = asyncio.Queue()
+            tokenizer, end_ids, stops = model.tokenizer, frozenset(model.end_ids), config.stop
+            hold = max((len(s) for s in stops), default=1) - 1
+            emitted = 0
+
+            def on_tokens(ids) -> None:  # on the batcher's thread, after every decode chunk
+                nonlocal emitted
+                if ids and ids[-1] in end_ids and not config.ignore_eos:
+                    ids = ids[:-1]
+                text = tokenizer.decode(list(ids))
+                cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
+                if cut is not None:
+                    text = text[:cut]
+                elif hold:
+                    text = text[: max(0, len(text) - hold)]
+                text = text.rstrip("\ufffd")  # half a UTF-8 character: wait for the rest
+                if len(text) > emitted:
+                    piece, emitted = text[emitted:], len(text)
+                    loop.call_soon_threadsafe(deltas.put_nowait, piece)
+
+            deadline = time.monotonic() + request.timeout
+            future = batcher.submit(
+                plain_messages(request.messages), config, deadline=deadline, mesh=mesh, on_tokens=on_tokens
+            )
+            finished = asyncio.wrap_future(future)
+            try:
+                while not finished.done():
+                    getter = asyncio.ensure_future(deltas.get())
+                    try:
+                        await asyncio.wait({getter, finished}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not getter.done():
+                            getter.cancel()
+                    if getter.done() and not getter.cancelled():
+                        yield getter.result()
+                while not deltas.empty():  # the deltas posted before the generation's end
+                    yield deltas.get_nowait()
+                generation = finished.result()
+            finally:
+                future.cancel()  # still queued: dropped; already generating: no effect
+            if generation.finish_reason == "timeout":
+                raise ProviderTimeoutError(
+                    f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
+                    model_id=model_id,
+                )
+        yield ProviderResult(
+            text=generation.text,
+            input_tokens=generation.prompt_tokens,
+            output_tokens=generation.completion_tokens,
+            finish_reason=generation.finish_reason,
             raw_model=model.metadata.get("general.name") or model.path.name,
         )
 
