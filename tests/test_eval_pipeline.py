@@ -64,6 +64,29 @@ def test_items_in_flight_are_bounded_by_concurrency():
     assert peak == 7
 
 
+def test_a_run_collects_cyclic_garbage_less_often_and_restores_the_thresholds():
+    import gc
+
+    from ember.eval._runner import GC_THRESHOLD
+
+    before, seen = gc.get_threshold(), []
+
+    def system(prompt: str) -> str:
+        seen.append(gc.get_threshold()[0])
+        return "x"
+
+    EvaluationPipeline(ITEMS[:4], [ExactMatchEvaluator()], system, progress=False).evaluate()
+    assert seen == [GC_THRESHOLD] * 4 and gc.get_threshold() == before
+    try:  # a threshold already above Ember's (or collection turned off: 0) is left alone
+        for own in (GC_THRESHOLD * 2, 0):
+            gc.set_threshold(own, *before[1:])
+            seen.clear()
+            EvaluationPipeline(ITEMS[:2], [ExactMatchEvaluator()], system, progress=False).evaluate()
+            assert seen == [own] * 2 and gc.get_threshold()[0] == own
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_sync_systems_run_on_threads_concurrently():
     barrier = threading.Barrier(4, timeout=5)
 

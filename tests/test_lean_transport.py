@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import threading
+import types
 
 import orjson
 import pytest
@@ -28,6 +29,7 @@ from ember.models import (
 )
 from ember.models._errors import ModelNotFoundError
 from ember.models.providers import _lean
+from ember.models.providers._sdk_errors import is_request_validation_error
 from ember.testing import Fault
 
 TRANSPORTS = ["sdk", "lean"]
@@ -358,7 +360,164 @@ def test_status_mapping_matches_the_sdk_path(status, body, kind, retryable):
 def test_fuzzed_error_bodies_map_to_typed_errors(status, body):
     error = _lean.map_status(status, body, {}, "m:x")
     assert isinstance(error, ProviderError | ModelNotFoundError)
-    assert error.retryable == (status >= 500 or status in (408, 429))
+    validation = status >= 500 and is_request_validation_error(str(error))
+    assert error.retryable == ((status >= 500 and not validation) or status in (408, 429))
+
+
+def test_a_5xx_validation_body_is_not_retryable_on_its_own():
+    """llama-cpp-python's 500 wrapping a pydantic validation error: the same request fails the
+    same way, so map_status says so itself (the SDK path agrees without the service's help)."""
+    from ember.testing import _wire
+
+    response = _wire.llama_cpp_validation_error("response_format.type", "json_schema", "'text' or 'json_object'")
+    error = _lean.map_status(response.status, response.body, {"retry-after": "3"}, "m:x")
+    assert type(error) is ProviderError and error.status_code == 500
+    assert not error.retryable and error.retry_after is None
+    assert "response_format" in str(error)
+    assert _lean.map_status(500, b'{"error":{"message":"boom"}}', {}, "m:x").retryable
+
+
+# -- streams: the SSE parser and the two decoders ---------------------------------------------------------
+
+
+def _sse_body(provider: str, text: str = "The sky is clear") -> bytes:
+    """A whole streamed answer, as the loopback server sends it."""
+    from ember.testing import _wire
+    from ember.testing._answer import Completion
+
+    request = types.SimpleNamespace(index=0, model="m", stream=True, body={"stream_options": {"include_usage": True}})
+
+    completion = Completion(text=text, prompt_tokens=9, completion_tokens=4, finish="end", stop_sequence=None)
+    make = _wire.openai_completion if provider == "openai" else _wire.anthropic_message
+    args = (request, completion, 0) if provider == "openai" else (request, completion)
+    return b"".join(make(*args).events)
+
+
+_DECODERS = {"openai": _lean.OpenAIStreamDecoder, "anthropic": _lean.AnthropicStreamDecoder}
+
+
+def _decode(provider: str, chunks) -> tuple[list[str], object]:
+    """What LeanClient.stream + stream_result make of ``chunks`` (a body that ended cleanly)."""
+    parser, decoder = _lean.SSEParser(), _DECODERS[provider]("m:x")
+    deltas = []
+    events = [e for chunk in chunks for e in parser.feed(chunk)]  # an unterminated last event is dropped
+    for name, data in events:
+        if (delta := decoder.feed(name, data)) is not None:
+            assert delta
+            deltas.append(delta)
+    return deltas, decoder.result()
+
+
+@pytest.mark.parametrize("provider", list(_DECODERS))
+def test_stream_decoders_read_the_wire_format_split_anywhere(provider):
+    body = _sse_body(provider)
+    whole, result = _decode(provider, [body])
+    assert "".join(whole) == result.text == "The sky is clear" and len(whole) == 4
+    assert (result.input_tokens, result.output_tokens, result.raw_model) == (9, 4, "m")
+    assert result.finish_reason in ("stop", "end_turn")
+    for cut in range(len(body)):  # any split into two reads gives the same answer
+        deltas, again = _decode(provider, [body[:cut], body[cut:]])
+        assert deltas == whole and again == result
+    crlf, _ = _decode(provider, [body.replace(b"\n", b"\r\n")])
+    assert crlf == whole
+
+
+@pytest.mark.parametrize("provider", list(_DECODERS))
+def test_every_truncation_of_a_stream_is_a_retryable_connection_error(provider):
+    body = _sse_body(provider)
+    for cut in range(len(body) - 1):  # the last event is never complete
+        with pytest.raises(ProviderConnectionError) as err:
+            _decode(provider, [body[:cut]])
+        assert err.value.retryable
+
+
+def test_sse_parser_details():
+    parser = _lean.SSEParser()
+    assert parser.feed(b": keep-alive\n\nevent: a\ndata: 1\ndata:2\nid: 7\nretry: 5\n\ndata: x") == [("a", b"1\n2")]
+    assert parser.pending and parser.feed(b"\n\n") == [(None, b"x")] and not parser.pending
+    assert parser.feed(b"event: lonely\n\n") == [] and not parser.pending  # an event with no data is none
+
+
+@pytest.mark.parametrize(("provider", "event"), [
+    ("openai", b'data: {"error":{"message":"boom","type":"server_error"}}\n\n'),
+    ("anthropic", b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"busy"}}\n\n'),
+])
+def test_an_error_event_mid_stream_is_typed(provider, event):
+    with pytest.raises(ProviderError) as err:
+        _decode(provider, [event])
+    assert err.value.retryable and type(err.value) is ProviderError
+    with pytest.raises(ProviderError) as err:
+        _decode(provider, [event.replace(b"server_error", b"invalid_request_error")
+                           .replace(b"overloaded_error", b"invalid_request_error")])
+    assert not err.value.retryable
+
+
+def _decodes_or_typed(provider, chunks) -> None:
+    try:
+        deltas, result = _decode(provider, chunks)
+    except MalformedResponseError as exc:
+        assert not exc.retryable and exc.model_id == "m:x"
+        return
+    except ProviderConnectionError as exc:  # ended before [DONE] / message_stop
+        assert exc.retryable and exc.model_id == "m:x"
+        return
+    except (ProviderError, RateLimitError) as exc:  # an error event
+        assert exc.model_id == "m:x"
+        return
+    assert "".join(deltas) == result.text
+    assert isinstance(result.input_tokens, int) and result.input_tokens >= 0
+    assert isinstance(result.output_tokens, int) and result.output_tokens >= 0
+
+
+_event_names = st.sampled_from(["message_start", "content_block_delta", "message_delta", "message_stop", "error",
+                                "ping"])  # fmt: skip
+_fuzz_event = st.builds(
+    lambda name, data, named: (b"event: " + name.encode() + b"\n" if named else b"") + b"data: " + data + b"\n\n",
+    _event_names, st.binary(max_size=40) | _shaped.map(orjson.dumps) | st.just(b"[DONE]"), st.booleans(),
+)
+
+
+@pytest.mark.parametrize("provider", list(_DECODERS))
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_fuzz_event | st.binary(max_size=30), max_size=6), split=st.integers(0, 500))
+def test_fuzzed_streams_decode_or_raise_typed(provider, events, split):
+    body = b"".join(events)
+    split %= len(body) + 1
+    _decodes_or_typed(provider, [body[:split], body[split:]])
+
+
+@pytest.mark.parametrize("provider", list(_DECODERS))
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, 10_000), junk=st.binary(max_size=20), split=st.integers(0, 10_000))
+def test_fuzzed_truncated_and_corrupted_streams(provider, cut, junk, split):
+    body = _sse_body(provider)
+    body = body[: cut % (len(body) + 1)] + junk
+    split %= len(body) + 1
+    _decodes_or_typed(provider, [body[:split], body[split:]])
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_stream_cut_on_the_wire_is_retried_on_the_lean_transport(loopback_models, provider):
+    body = _sse_body(provider, "four")  # one delta: half the body is before it
+    server = _TruncatingServer(body)
+    try:
+        base = f"http://127.0.0.1:{server.port}" + ("/v1" if provider == "openai" else "")
+        loopback_models.config.update_config(
+            "model_registry", {"providers": {provider: {"transport": "lean", "base_url": base}}}
+        )
+        model_id = OPENAI if provider == "openai" else ANTHROPIC
+        *deltas, response = list(loopback_models.service.stream(model_id, "What is 2 + 2?"))
+        assert deltas == ["four"] and response.attempts == 2 and server.count == 2
+        assert (response.usage.input_tokens, response.usage.output_tokens) == (9, 4)
+        assert "accept: text/event-stream" in server.heads[-1].lower()
+        server.cut, end = 0, body.rindex(b"data:")
+        server.good = body[:end]  # complete per Content-Length, but without [DONE] / message_stop
+        loopback_models.config.update_config("model_registry", {"max_retries": 0})
+        with pytest.raises(ProviderError) as err:  # the delta came first: the stream is interrupted
+            list(loopback_models.service.stream(model_id, "What is 2 + 3?"))
+        assert isinstance(err.value.__cause__, ProviderConnectionError)
+    finally:
+        server.close()
 
 
 def test_transport_config_and_defaults(loopback_models):

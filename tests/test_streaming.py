@@ -7,8 +7,11 @@ import time
 import pytest
 
 from ember.models import (
+    ContextLengthExceededError,
     InvalidRequestError,
+    MalformedResponseError,
     ModelResponse,
+    ProviderConnectionError,
     ProviderError,
     RateLimitError,
     StreamInterruptedError,
@@ -19,14 +22,29 @@ PROMPT = "Tell me about the weather on the coast today"
 REMOTE = ("openai:gpt-4o", "anthropic:claude-3-5-haiku", "compat:llama-3-8b")
 
 
-@pytest.fixture
-def remote(loopback_models):
-    """The loopback fixture plus ``compat``, an ``openai_compatible`` provider on the same server."""
+@pytest.fixture(params=["sdk", "lean"])
+def remote(request, loopback_models):
+    """The loopback fixture plus ``compat``, an ``openai_compatible`` provider on the same server;
+    all three providers on one transport (``sdk``: the official SDKs; ``lean``: SSE over aiohttp)."""
+    transport = request.param
     loopback_models.config.update_config(
         "model_registry",
-        {"providers": {"compat": {"kind": "openai_compatible", "base_url": loopback_models.server.openai_base_url}}},
+        {"providers": {
+            "compat": {"kind": "openai_compatible", "base_url": loopback_models.server.openai_base_url,
+                       "transport": transport},
+            "openai": {"transport": transport},
+            "anthropic": {"transport": transport},
+        }},
     )
+    loopback_models.transport = transport
     return loopback_models
+
+
+def on_transport(remote, model_id):
+    """The adapter ``model_id`` routes to, checked to be on the fixture's transport."""
+    adapter = remote.service._route(model_id).adapter
+    assert adapter._lean == (remote.transport == "lean")
+    return adapter
 
 
 def split(items):
@@ -46,6 +64,7 @@ def wait_until(predicate, timeout=5.0):
 @pytest.mark.parametrize("model_id", REMOTE)
 def test_deltas_concatenate_and_usage_is_exact(remote, model_id):
     server, service = remote.server, remote.service
+    on_transport(remote, model_id)
     stream = service.stream(model_id, PROMPT, max_tokens=50)
     deltas, response = split(list(stream))
     assert len(deltas) > 3 and "".join(deltas) == response.text and stream.response is response
@@ -83,6 +102,7 @@ def test_models_stream_sync(remote):
 @pytest.mark.parametrize("model_id", REMOTE)
 def test_breaking_out_early_closes_the_connection(remote, model_id):
     server, service = remote.server, remote.service
+    on_transport(remote, model_id)
     server.stream_interval = 0.05
     with service.stream(model_id, PROMPT) as stream:
         for _ in stream:
@@ -114,10 +134,11 @@ def test_failures_before_the_first_delta_are_retried(remote, model_id):
     assert [r.status for r in server.requests] == [429, 500, 200]
 
 
-def test_cut_before_the_first_delta_is_retried(remote):
+@pytest.mark.parametrize("model_id", REMOTE)
+def test_cut_before_the_first_delta_is_retried(remote, model_id):
     server, service = remote.server, remote.service
     server.faults = [Fault.stream_cut(after=1, on=[0])]  # only the role chunk / message_start
-    deltas, response = split(list(service.stream("openai:gpt-4o", PROMPT)))
+    deltas, response = split(list(service.stream(model_id, PROMPT)))
     assert response.attempts == 2 and "".join(deltas) == response.text
 
 
@@ -140,6 +161,58 @@ def test_failure_after_the_first_delta_is_typed_and_not_retried(remote, model_id
     assert seen and err.value.partial_text == "".join(seen)
     assert isinstance(err.value, ProviderError) and not err.value.retryable
     assert len(server.requests) == 1
+    assert isinstance(err.value.__cause__, ProviderConnectionError)  # the cut, typed, as its cause
+
+
+@pytest.mark.parametrize("model_id", REMOTE)
+def test_a_malformed_stream_is_a_typed_error_not_retried(remote, model_id):
+    remote.server.faults = [Fault.malformed(on=[0])]
+    with pytest.raises(MalformedResponseError):
+        list(remote.service.stream(model_id, PROMPT))
+    assert len(remote.server.requests) == 1
+
+
+@pytest.mark.parametrize("model_id", REMOTE)
+def test_an_error_status_is_mapped_before_the_first_delta(remote, model_id):
+    remote.server.faults = [Fault.context_length(on=[0])]
+    with pytest.raises(ContextLengthExceededError):
+        list(remote.service.stream(model_id, PROMPT))
+    assert len(remote.server.requests) == 1
+
+
+_NO_SDK = """
+import os
+import sys
+from ember.testing import LoopbackServer
+from ember.config import create_config_manager, set_config_manager
+from ember._context import get_app_context
+with LoopbackServer() as server:
+    os.environ.update(server.environ())
+    manager = create_config_manager()
+    manager.update_config("model_registry", {"providers": {
+        "openai": {"transport": "lean"},
+        "anthropic": {"transport": "lean"},
+        "compat": {"kind": "openai_compatible", "base_url": server.openai_base_url},
+    }})
+    set_config_manager(manager)
+    service = get_app_context().model_service
+    for model_id in ("openai:gpt-4o", "anthropic:claude-3-5-haiku", "compat:llama-3-8b"):
+        *deltas, response = list(service.stream(model_id, "Tell me about the weather"))
+        assert deltas and "".join(deltas) == response.text and response.usage.output_tokens > 0, model_id
+    service.close()
+    assert all(r.stream for r in server.requests)
+loaded = sorted(m for m in ("openai", "anthropic") if m in sys.modules)
+assert not loaded, loaded
+print("no sdk")
+"""
+
+
+def test_a_lean_stream_never_imports_the_sdks(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _NO_SDK], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "no sdk" in done.stdout, done.stderr[-3000:]
 
 
 def test_extra_stream_on_the_plain_path_points_at_stream(remote):

@@ -248,3 +248,61 @@ def test_the_profile_speaks_like_llama_cpp_python():
         status, body = post({"type": "json_object", "schema": schema})
         assert status == 200 and Capital.model_validate_json(body["choices"][0]["message"]["content"])
         assert post({"type": "text"})[0] == 200
+
+
+# -- streams join the negotiation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["sdk", "lean"])
+def test_a_structured_stream_negotiates_once_and_returns_parsed(llama, transport):
+    env = llama({"transport": transport})
+    server, service = env.server, env.service
+    assert service._route(MODEL).adapter._lean == (transport == "lean")
+    *deltas, response = list(service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert deltas and "".join(deltas) == response.text
+    assert isinstance(response.parsed, Capital)
+    assert response.attempts == 2  # the refused form, then the streamed answer
+    assert forms(server) == [(500, "json_schema"), (200, "json_object")]
+    assert all(r.stream for r in server.requests)
+    assert server.requests[1].body["response_format"]["schema"] == Capital.model_json_schema()
+    # The same memo as the plain path: later streams and calls go out as json_object at once.
+    *_, again = list(service.stream(MODEL, "Capital of Italy?", response_format=Capital))
+    plain = service(MODEL, "Capital of Spain?", response_format=Capital)
+    assert isinstance(again.parsed, Capital) and again.attempts == 1 and plain.attempts == 1
+    assert forms(server)[2:] == [(200, "json_object"), (200, "json_object")]
+    assert service.stats.retries == 0 and len(rejected(server)) == 1
+
+
+def test_a_stream_uses_what_a_plain_call_learnt(llama):
+    env = llama()
+    assert env.service(MODEL, "Capital of France?", response_format=Capital).attempts == 2
+    *_, response = list(env.service.stream(MODEL, "Capital of Italy?", response_format=Capital))
+    assert isinstance(response.parsed, Capital) and response.attempts == 1
+    assert forms(env.server)[-1] == (200, "json_object") and len(rejected(env.server)) == 1
+
+
+def test_concurrent_structured_streams_cost_one_extra_request(llama):
+    import asyncio
+
+    env = llama()
+
+    async def one(country):
+        return [item async for item in env.service.astream(MODEL, f"Capital of {country}?", response_format=Capital)]
+
+    async def main():
+        return await asyncio.gather(*(one(c) for c in ("France", "Italy", "Spain", "Peru")))
+
+    for *deltas, response in asyncio.run(main()):
+        assert isinstance(response.parsed, Capital) and "".join(deltas) == response.text
+    assert len(rejected(env.server)) == 1 and env.server.stats.total == 5
+
+
+def test_a_stream_never_downgrades_on_a_plain_500(llama):
+    env = llama({"structured_output": "json_schema"}, max_retries=0)
+    env.server.faults = [Fault.server_error(500, on=[0])]
+    with pytest.raises(ProviderError):
+        list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert forms(env.server) == [(500, "json_schema")]
+    *_, response = list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert isinstance(response.parsed, Capital)
+    assert [f[1] for f in forms(env.server)] == ["json_schema", "json_schema", "json_object"]

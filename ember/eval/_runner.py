@@ -37,9 +37,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import string
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -398,12 +400,13 @@ class Run:
         started = time.perf_counter()
         self.open()
         try:
-            if self.backend == "ray":  # imports Ray: only runs that ask for it pay for it
-                from ember.eval._ray_backend import run_on_ray
+            with fewer_collections():
+                if self.backend == "ray":  # imports Ray: only runs that ask for it pay for it
+                    from ember.eval._ray_backend import run_on_ray
 
-                worker = RunOptions(prompt=self.prompt, concurrency=self.concurrency, progress=False)
-                return await run_on_ray(self, started, worker)
-            return await self._run(started)
+                    worker = RunOptions(prompt=self.prompt, concurrency=self.concurrency, progress=False)
+                    return await run_on_ray(self, started, worker)
+                return await self._run(started)
         finally:
             self.close()
 
@@ -494,6 +497,45 @@ class Run:
             records=RecordView(self.journal, system),
             stopped=self.stopped,
         )
+
+
+#: The young-generation threshold of the cyclic GC while a run is in flight (CPython's is 700).
+GC_THRESHOLD = 20_000
+_gc_lock = threading.Lock()
+_gc_runs = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Collect cyclic garbage less often while a run is in flight; the old thresholds after.
+
+    Hundreds of items in flight allocate futures, tasks and frames at a rate that makes
+    CPython's default threshold (700) collect the young generation every few calls, and
+    the middle one — which by then holds every in-flight item's objects — every few dozen:
+    measured on the ensemble + judge bench (1,000 items, 256 in flight, JAX imported),
+    the collector took 0.45 of 1.5 CPU seconds. At 20,000 it takes under 0.1. Garbage
+    without cycles is freed at once as ever, so memory barely moves. Process-wide, like
+    every GC setting: the first of overlapping runs raises it, the last restores it, unless
+    someone else changed it meanwhile (or turned collection off: threshold 0) — theirs stays.
+    """
+    global _gc_runs, _gc_saved
+    with _gc_lock:
+        if _gc_runs == 0:
+            saved = gc.get_threshold()
+            _gc_saved = saved if 0 < saved[0] < GC_THRESHOLD else None
+            if _gc_saved is not None:
+                gc.set_threshold(GC_THRESHOLD, *saved[1:])
+        _gc_runs += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_runs -= 1
+            if _gc_runs == 0 and _gc_saved is not None:
+                if gc.get_threshold()[0] == GC_THRESHOLD:
+                    gc.set_threshold(*_gc_saved)
+                _gc_saved = None
 
 
 def run_sync(run: Run) -> dict[str, EvaluationResults]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -486,19 +487,25 @@ class ModelService:
     async def _attempts(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
         limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
         estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
+        # Rate budgets are awaited only where there is one (admit is a no-op without rpm/tpm).
+        rated = bool(limiter.rpm or limiter.tpm)
+        shared_rated = shared is not None and bool(shared.rpm or shared.tpm)
+        shared_slots = shared.slots if shared is not None else None
         attempt = 0
         while True:
             attempt += 1
-            await limiter.admit(estimate)
-            if shared is not None:
-                await shared.admit(estimate)
-            shared_slots = shared.slots if shared is not None else None
+            if rated:
+                await limiter.admit(estimate)
+            if shared_rated:
+                await shared.admit(estimate)  # type: ignore[union-attr]
             async with limiter.slots:  # the model's slot first: waiting for it holds no provider slot
                 if shared_slots is not None:
                     await shared_slots.acquire()
                 stats.in_flight += 1
                 try:
-                    result = await asyncio.wait_for(route.adapter.acomplete(request), request.timeout)
+                    # In this task, not in one wait_for would create for each call (Python 3.11).
+                    async with asyncio.timeout(request.timeout):
+                        result = await route.adapter.acomplete(request)
                     actual = result.input_tokens + result.output_tokens
                     limiter.settle(estimate, actual)
                     if shared is not None:
@@ -545,7 +552,7 @@ class ModelService:
         attempts = 0
         try:
             if result is None:
-                async for item in self._stream_with_retries(route, request):
+                async for item in self._stream_negotiated(route, request):
                     if isinstance(item, str):
                         yield item
                     else:
@@ -587,6 +594,55 @@ class ModelService:
             cached=not attempts,
             parsed=parsed,
         )
+
+    async def _stream_negotiated(
+        self, route: _Route, request: ChatRequest
+    ) -> AsyncIterator[str | tuple[ProviderResult, int]]:
+        """:meth:`_stream_with_retries` in the structured-output form this route's server accepts.
+
+        The same memo and rule as :meth:`_call_with_retries`: until the form is confirmed, one
+        structured request at a time probes the server; a rejection before the first item
+        downgrades once and resends. The probe ends (and the form is confirmed) at the first
+        item the stream yields, so a slow consumer holds up no other call.
+        """
+        negotiation = route.negotiation
+        if request.output_schema is None or negotiation is None:
+            async with contextlib.aclosing(self._stream_with_retries(route, request)) as items:
+                async for item in items:
+                    yield item
+            return
+        rejected = 0
+        while True:
+            if negotiation.confirmed:
+                async with contextlib.aclosing(
+                    self._stream_with_retries(route, _in_form(request, negotiation.form))
+                ) as items:
+                    async for item in items:
+                        yield item if isinstance(item, str) else (item[0], item[1] + rejected)
+                return
+            probe = negotiation.probe()
+            await probe.acquire()
+            probing = True
+            try:
+                if negotiation.confirmed:
+                    continue
+                form = negotiation.form
+                try:
+                    async with contextlib.aclosing(self._stream_with_retries(route, _in_form(request, form))) as items:
+                        async for item in items:
+                            if probing:  # the server took the form: the others may go now
+                                negotiation.confirm(form)
+                                probe.release()
+                                probing = False
+                            yield item if isinstance(item, str) else (item[0], item[1] + rejected)
+                    return
+                except ModelError as error:
+                    if not probing or not negotiation.downgrade(form, error, request.model_id):
+                        raise
+                    rejected += 1
+            finally:
+                if probing:
+                    probe.release()
 
     async def _stream_with_retries(
         self, route: _Route, request: ChatRequest

@@ -23,7 +23,18 @@ than its Content-Length, or a chunked     dropped connection, whatever the statu
 body never terminated)
 200 with a complete body that is not the  ``MalformedResponseError`` (no), with a snippet
 expected JSON
+a stream whose connection drops, or that  ``ProviderConnectionError`` (yes)
+ends before its last event (``[DONE]`` /
+``message_stop``)
+a stream event that is not the expected   ``MalformedResponseError`` (no)
+JSON; an in-stream ``error`` event        its typed error (``overloaded_error``: yes)
 ========================================  ===============================================
+
+Streams (:meth:`LeanClient.stream`) are server-sent events read straight off the aiohttp
+response: :class:`SSEParser` splits the bytes into ``(event, data)`` pairs for both wire
+formats, and :class:`OpenAIStreamDecoder` / :class:`AnthropicStreamDecoder` turn those
+into text deltas and the final :class:`ProviderResult`. The response is closed in a
+``finally``, so an abandoned stream closes its connection at once.
 
 Messages name the failure, never a header: the key travels only in the request headers,
 which no error or log line carries (and :class:`~ember.EmberError` redacts registered keys
@@ -51,7 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -67,10 +78,11 @@ from ember.models._errors import (
     RateLimitError,
 )
 from ember.models._types import ProviderResult
-from ember.models.providers._sdk_errors import retry_after_seconds
+from ember.models.providers._sdk_errors import is_request_validation_error, retry_after_seconds
 
 __all__ = [
-    "LeanClient", "default_transport", "lean_body", "map_status", "parse_anthropic", "parse_openai", "transport_of",
+    "AnthropicStreamDecoder", "LeanClient", "OpenAIStreamDecoder", "SSEParser", "default_transport", "lean_body",
+    "map_status", "parse_anthropic", "parse_openai", "stream_result", "transport_of",
 ]
 
 TRANSPORTS = ("sdk", "lean")
@@ -121,8 +133,12 @@ def map_status(status: int, body: bytes, headers: Mapping[str, str] | None, mode
             f"rate limited: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
         )
     if status >= 500 or status == 408:
+        # A 5xx whose body is a request-validation error (llama-cpp-python's 500) fails the same
+        # way every time: not retried, as on the SDK path (:func:`._sdk_errors.map_sdk_error`).
+        retryable = not (status >= 500 and is_request_validation_error(text))
         return ProviderError(
-            f"provider error: {text}", model_id=model_id, status_code=status, retryable=True, retry_after=retry_after
+            f"provider error: {text}", model_id=model_id, status_code=status, retryable=retryable,
+            retry_after=retry_after if retryable else None,
         )
     if any(marker in text.lower() for marker in _CONTEXT_MARKERS):
         return ContextLengthExceededError(f"context length exceeded: {text}", model_id=model_id, status_code=status)
@@ -194,6 +210,235 @@ def parse_anthropic(body: bytes, model_id: str) -> ProviderResult:
         finish_reason=_optional_str(data.get("stop_reason")),
         raw_model=_optional_str(data.get("model")),
     )
+
+
+# -- streams: server-sent events ---------------------------------------------------------------
+
+
+class SSEParser:
+    """Incremental ``text/event-stream`` parser shared by both wire formats.
+
+    :meth:`feed` takes bytes as they arrive (split anywhere) and returns the complete events
+    in them as ``(event name or None, data bytes)``; comment lines and fields other than
+    ``event``/``data`` are skipped, several ``data`` lines join with a newline (the SSE
+    spec). ``pending`` says whether an event was begun but not finished; at the end of the
+    body such an event is dropped, as the SSE spec says (the stream then lacks its last event).
+    """
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event: str | None = None
+        self._data: list[bytes] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buffer.strip() or self._data or self._event is not None)
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        events: list[tuple[str | None, bytes]] = []
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:  # a blank line dispatches the event
+                if self._data:
+                    events.append((self._event, b"\n".join(self._data)))
+                self._event, self._data = None, []
+                continue
+            if line[:1] == b":":
+                continue  # a comment (keep-alive)
+            field, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if field == b"data":
+                self._data.append(value)
+            elif field == b"event":
+                self._event = value.decode("utf-8", "replace")
+        self._buffer = buffer[start:]
+        return events
+
+
+def _event_json(data: bytes, model_id: str) -> dict:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedResponseError(
+            "could not parse a stream event", snippet=_snippet(data), model_id=model_id
+        ) from None
+    if not isinstance(parsed, dict):
+        raise MalformedResponseError("a stream event is not a JSON object", snippet=_snippet(data), model_id=model_id)
+    return parsed
+
+
+def _stream_error(payload: Any, model_id: str) -> ModelError:
+    """An in-stream ``error`` event as a typed error (Anthropic's ``overloaded_error`` and
+    ``api_error``, and a rate limit, are transient)."""
+    inner = payload.get("error", payload) if isinstance(payload, dict) else {}
+    inner = inner if isinstance(inner, dict) else {}
+    kind = str(inner.get("type") or inner.get("code") or "error")
+    text = f"{kind} {inner.get('message') or ''}".strip()
+    if "rate_limit" in kind:
+        return RateLimitError(f"rate limited: {text}", model_id=model_id, retryable=True)
+    if kind in ("overloaded_error", "api_error", "server_error", "internal_server_error"):
+        return ProviderError(f"provider error mid-stream: {text}", model_id=model_id, retryable=True)
+    return ProviderError(f"stream failed: {text}", model_id=model_id)
+
+
+def _truncated(model_id: str, last: str) -> ProviderConnectionError:
+    return ProviderConnectionError(
+        f"connection failed: the stream ended before {last}", model_id=model_id, retryable=True
+    )
+
+
+class OpenAIStreamDecoder:
+    """``chat.completion.chunk`` events to text deltas, then the result (usage from the final
+    ``stream_options.include_usage`` chunk; the stream must end with ``data: [DONE]``)."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.parts: list[str] = []
+        self.usage: dict | None = None
+        self.finish: str | None = None
+        self.model: str | None = None
+        self.done = False
+
+    def feed(self, event: str | None, data: bytes) -> str | None:
+        if self.done:
+            return None
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return None
+        chunk = _event_json(data, self.model_id)
+        if event == "error" or "error" in chunk:
+            raise _stream_error(chunk, self.model_id)
+        self.model = _optional_str(chunk.get("model")) or self.model
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise MalformedResponseError("a stream chunk has no choices", snippet=_snippet(data), model_id=self.model_id)
+        text = []
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise MalformedResponseError("a stream choice is not an object", snippet=_snippet(data),
+                                             model_id=self.model_id)
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish = choice["finish_reason"]
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str) and content:
+                text.append(content)
+        if not text:
+            return None
+        piece = "".join(text)
+        self.parts.append(piece)
+        return piece
+
+    def result(self) -> ProviderResult:
+        if not self.done:
+            raise _truncated(self.model_id, "data: [DONE]")
+        if self.usage is None:
+            raise MalformedResponseError(
+                "stream ended without usage (the server ignored stream_options.include_usage)",
+                snippet="".join(self.parts), model_id=self.model_id,
+            )
+        return ProviderResult(
+            text="".join(self.parts),
+            input_tokens=_tokens(self.usage, "prompt_tokens"),
+            output_tokens=_tokens(self.usage, "completion_tokens"),
+            finish_reason=self.finish,
+            raw_model=self.model,
+        )
+
+
+class AnthropicStreamDecoder:
+    """Messages-API events to text deltas, then the result: input tokens from ``message_start``,
+    text from ``content_block_delta`` (``text_delta``), output tokens and the stop reason from
+    ``message_delta``; the stream must end with ``message_stop``."""
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.parts: list[str] = []
+        self.input_tokens: int | None = None
+        self.output_tokens = 0
+        self.stop: str | None = None
+        self.model: str | None = None
+        self.done = False
+
+    def _malformed(self, reason: str, data: bytes) -> MalformedResponseError:
+        return MalformedResponseError(reason, snippet=_snippet(data), model_id=self.model_id)
+
+    def feed(self, event: str | None, data: bytes) -> str | None:
+        if self.done:
+            return None
+        payload = _event_json(data, self.model_id)
+        kind = payload.get("type", event)
+        if kind == "error" or event == "error":
+            raise _stream_error(payload, self.model_id)
+        if kind == "message_start":
+            message = payload.get("message")
+            if not isinstance(message, dict):
+                raise self._malformed("message_start has no message", data)
+            usage = message.get("usage")
+            self.input_tokens = _tokens(usage, "input_tokens")
+            self.output_tokens = _tokens(usage, "output_tokens")
+            self.model = _optional_str(message.get("model"))
+        elif kind == "content_block_delta":
+            delta = payload.get("delta")
+            if not isinstance(delta, dict):
+                raise self._malformed("content_block_delta has no delta", data)
+            text = delta.get("text")
+            if delta.get("type") == "text_delta" and isinstance(text, str) and text:
+                self.parts.append(text)
+                return text
+        elif kind == "message_delta":
+            delta, usage = payload.get("delta"), payload.get("usage")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.stop = delta["stop_reason"]
+            if isinstance(usage, dict):
+                self.output_tokens = _tokens(usage, "output_tokens")
+                if isinstance(usage.get("input_tokens"), int):
+                    self.input_tokens = _tokens(usage, "input_tokens")
+        elif kind == "message_stop":
+            self.done = True
+        return None  # ping, content_block_start/stop, and event types yet to come
+
+    def result(self) -> ProviderResult:
+        if not self.done:
+            raise _truncated(self.model_id, "message_stop")
+        if self.input_tokens is None or self.stop is None:
+            raise MalformedResponseError(
+                "stream ended before message_start and message_delta", snippet="".join(self.parts),
+                model_id=self.model_id,
+            )
+        return ProviderResult(
+            text="".join(self.parts),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            finish_reason=self.stop,
+            raw_model=self.model,
+        )
+
+
+async def stream_result(
+    events: AsyncIterator[tuple[str | None, bytes]], decoder: OpenAIStreamDecoder | AnthropicStreamDecoder
+) -> AsyncIterator[str | ProviderResult]:
+    """``events`` through ``decoder``: text deltas, then exactly one :class:`ProviderResult`
+    (the :meth:`~ember.models.providers.Provider.astream` contract). Closing this generator
+    closes ``events`` (and so the HTTP response)."""
+    try:
+        async for name, data in events:
+            delta = decoder.feed(name, data)
+            if delta:
+                yield delta
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    yield decoder.result()
 
 
 class LeanClient:
@@ -284,6 +529,53 @@ class LeanClient:
                 f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
             ) from None
 
+    async def stream(
+        self, path: str, payload: dict[str, Any], *, model_id: str
+    ) -> AsyncIterator[tuple[str | None, bytes]]:
+        """POST ``payload`` and read the answer as server-sent events: ``(event, data)`` pairs.
+
+        An error status raises :func:`map_status`'s error before any event; a connection that
+        drops mid-body raises a retryable :class:`ProviderConnectionError`. No overall deadline
+        (the service bounds the wait for each item). The response is closed in a ``finally``:
+        closing or cancelling this generator closes the connection at once.
+        """
+        session = self._get_session()
+        aiohttp = self._aiohttp
+        response = None
+        finished = False
+        try:
+            response = await session.post(
+                self._url(path), data=orjson.dumps(payload), allow_redirects=False,
+                headers={"accept": "text/event-stream"}, timeout=_stream_timeout(aiohttp, self._timeout),
+            )
+            if not 200 <= response.status < 300:
+                raise map_status(response.status, await response.read(), response.headers, model_id)
+            parser = SSEParser()
+            async for chunk in response.content.iter_any():
+                for event in parser.feed(chunk):
+                    yield event
+            # An event left unterminated at the end is dropped (the SSE rule): the decoder then
+            # finds its stream ended early, a truncation.
+            finished = True
+        except ModelError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise ProviderTimeoutError("request timed out", model_id=model_id, retryable=True) from None
+        except aiohttp.ClientPayloadError:
+            raise ProviderConnectionError(
+                "connection failed: the stream was cut short", model_id=model_id, retryable=True
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError) as exc:
+            raise ProviderConnectionError(
+                f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
+            ) from None
+        finally:
+            if response is not None:
+                if finished:
+                    response.release()  # read to the end: the connection goes back to the pool
+                else:
+                    response.close()  # abandoned or broken: drop the connection now
+
     async def aclose(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
@@ -299,6 +591,11 @@ class LeanClient:
             session.detach()
             with _suppress(Exception):
                 connector._close()  # what the connector's own __del__ does, minus the warning
+
+
+def _stream_timeout(aiohttp, connect: float):
+    """A stream's timeout: none overall (the service bounds each item's wait), ``connect`` to connect."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 def lean_pool_size(settings) -> int:

@@ -8,6 +8,7 @@ takes them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,15 +37,21 @@ class AnthropicProvider(Provider):
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
-        import anthropic  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
-
-        self._sdk = anthropic
-        self._sdk_client = None
         self._lean = _lean.transport_of(settings) == "lean"
         self._lean_client: _lean.LeanClient | None = None
+        self._sdk = None
+        if not self._lean:  # a lean provider never loads the SDK
+            import anthropic  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
+
+            self._sdk = anthropic
+        self._sdk_client = None
 
     def _client(self):
         if self._sdk_client is None:
+            if self._sdk is None:
+                import anthropic
+
+                self._sdk = anthropic
             self._sdk_client = self._sdk.AsyncAnthropic(
                 api_key=self.settings.api_key.get_secret_value() if self.settings.api_key else None,
                 base_url=self.settings.base_url,
@@ -112,7 +119,15 @@ class AnthropicProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
         """SSE via ``messages.create(stream=True)``: text from ``content_block_delta``, input
         tokens from ``message_start``, output tokens and stop reason from ``message_delta``;
-        the contract is :meth:`Provider.astream`'s."""
+        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over aiohttp."""
+        if self._lean:
+            payload = _lean.lean_body(self._payload(request))
+            payload["stream"] = True
+            events = self._lean_transport().stream("/v1/messages", payload, model_id=request.model_id)
+            async with contextlib.aclosing(_lean.stream_result(events, _lean.AnthropicStreamDecoder(request.model_id))) as items:
+                async for item in items:  # closing this generator closes the response at once
+                    yield item
+            return
         client, sdk = self._client(), self._sdk
         try:
             stream = await client.messages.create(**self._payload(request), stream=True, timeout=request.timeout)

@@ -19,6 +19,7 @@ self-hosted endpoints can replace the SDK here without touching the service.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from collections.abc import AsyncIterator
@@ -66,16 +67,22 @@ class OpenAIProvider(Provider):
             self.max_tokens_field = chosen
         elif self.max_tokens_field == "max_completion_tokens" and not _openai_host(settings.base_url):
             self.max_tokens_field = "max_tokens"
-        import openai  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
-
-        self._sdk = openai
-        self._sdk_client = None
-        self._create_arguments: frozenset[str] = frozenset()
         self._lean = _lean.transport_of(settings) == "lean"
         self._lean_client: _lean.LeanClient | None = None
+        self._sdk = None
+        if not self._lean:  # a lean provider never loads the SDK
+            import openai  # here, on the caller's thread: a first import takes seconds and must not stall the I/O loop
+
+            self._sdk = openai
+        self._sdk_client = None
+        self._create_arguments: frozenset[str] = frozenset()
 
     def _client(self):
         if self._sdk_client is None:
+            if self._sdk is None:
+                import openai
+
+                self._sdk = openai
             key = self.settings.api_key.get_secret_value() if self.settings.api_key else "not-needed"
             self._sdk_client = self._sdk.AsyncOpenAI(
                 api_key=key,
@@ -167,11 +174,19 @@ class OpenAIProvider(Provider):
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
         """SSE via the SDK (``stream=True``, ``stream_options.include_usage`` for exact usage);
-        the contract is :meth:`Provider.astream`'s."""
-        client, sdk = self._client(), self._sdk
+        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over aiohttp."""
         payload = self._payload(request)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
+        if self._lean:
+            events = self._lean_transport().stream(
+                "/chat/completions", _lean.lean_body(payload), model_id=request.model_id
+            )
+            async with contextlib.aclosing(_lean.stream_result(events, _lean.OpenAIStreamDecoder(request.model_id))) as items:
+                async for item in items:  # closing this generator closes the response at once
+                    yield item
+            return
+        client, sdk = self._client(), self._sdk
         try:
             stream = await client.chat.completions.create(**payload, timeout=request.timeout)
         except (sdk.OpenAIError, json.JSONDecodeError) as exc:
