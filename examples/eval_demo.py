@@ -94,8 +94,8 @@ def main() -> None:
 
     counts = compile_counts()
     console.print(
-        f"{len(data)} items x 3 systems in {time.perf_counter() - started:.1f} s; "
-        f"XLA compiles: {counts['compiles']} (loaded from the compile cache: {counts['cache_hits']})"
+        f"{len(data)} items x 3 systems in {time.perf_counter() - started:.1f} s "
+        f"({counts['compiles']} XLA compiles, {counts['cache_hits']} loaded from the cache)"
     )
 
 

@@ -150,7 +150,7 @@ def test_pool_is_sized_to_the_provider_concurrency(loopback_models):
         "model_registry", {"providers": {"openai": {"transport": "lean", "max_concurrency": 7}}}
     )
     adapter = loopback_models.service._route(OPENAI).adapter
-    assert adapter.settings.max_connections == 7 and _lean.lean_pool_size(adapter.settings) == 7
+    assert adapter.settings.max_connections == 7 and adapter._lean_transport()._pool_size == 7
 
 
 # -- a 200 whose body is cut short: the loopback server cannot send one, a raw socket can ------------------

@@ -414,15 +414,8 @@ class ModelService:
         except BaseException:
             stats.failed += 1
             raise
-        if attempts and cache is not None:
-            cache.put(key, request.model_id, result)
         # Answered means billed: usage is recorded even if the answer fails validation below.
-        cost = route.info.cost.cost(result.input_tokens, result.output_tokens) if attempts else 0.0
-        usage = UsageStats(result.input_tokens, result.output_tokens, cost)
-        if attempts:
-            self.usage_service.add_usage_record(request.model_id, usage)
-        if scope is not None:
-            scope.record(usage, attempts=attempts)
+        usage = self._answered(route, request, result, attempts, scope, cache, key)
         try:
             try:
                 parsed = _parse_structured(request, result)
@@ -444,16 +437,22 @@ class ModelService:
             stats.failed += 1
             raise
         stats.succeeded += 1
-        return ModelResponse(
-            text=result.text,
-            model_id=request.model_id,
-            usage=usage,
-            latency_s=time.perf_counter() - started,
-            finish_reason=result.finish_reason,
-            attempts=attempts,
-            cached=not attempts,
-            parsed=parsed,
-        )
+        return _response(request, result, usage, attempts, started, parsed)
+
+    def _answered(
+        self, route: _Route, request: ChatRequest, result: ProviderResult, attempts: int,
+        scope: UsageScope | None, cache: ResponseCache | None, key: str | None,
+    ) -> UsageStats:
+        """Cache an answer the provider sent, price it, and record its usage (a cache hit is free)."""
+        if attempts and cache is not None:
+            cache.put(key, request.model_id, result)
+        cost = route.info.cost.cost(result.input_tokens, result.output_tokens) if attempts else 0.0
+        usage = UsageStats(result.input_tokens, result.output_tokens, cost)
+        if attempts:
+            self.usage_service.add_usage_record(request.model_id, usage)
+        if scope is not None:
+            scope.record(usage, attempts=attempts)
+        return usage
 
     async def _call_with_retries(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
         """:meth:`_attempts`, in the structured-output form this route's server accepts.
@@ -570,30 +569,14 @@ class ModelService:
             stats.failed += 1
             raise
         assert result is not None
-        if attempts and cache is not None:
-            cache.put(key, request.model_id, result)
-        cost = route.info.cost.cost(result.input_tokens, result.output_tokens) if attempts else 0.0
-        usage = UsageStats(result.input_tokens, result.output_tokens, cost)
-        if attempts:
-            self.usage_service.add_usage_record(request.model_id, usage)
-        if scope is not None:
-            scope.record(usage, attempts=attempts)
+        usage = self._answered(route, request, result, attempts, scope, cache, key)
         try:
             parsed = _parse_structured(request, result)
         except ModelError:
             stats.failed += 1
             raise
         stats.succeeded += 1
-        yield ModelResponse(
-            text=result.text,
-            model_id=request.model_id,
-            usage=usage,
-            latency_s=time.perf_counter() - started,
-            finish_reason=result.finish_reason,
-            attempts=attempts,
-            cached=not attempts,
-            parsed=parsed,
-        )
+        yield _response(request, result, usage, attempts, started, parsed)
 
     async def _stream_negotiated(
         self, route: _Route, request: ChatRequest
@@ -910,6 +893,21 @@ def _backoff(attempt: int, base: float, cap: float, retry_after: float | None) -
     if retry_after is not None:
         delay = retry_after + random.uniform(0, min(0.1 * retry_after, 1.0))
     return delay
+
+
+def _response(
+    request: ChatRequest, result: ProviderResult, usage: UsageStats, attempts: int, started: float, parsed: Any
+) -> ModelResponse:
+    return ModelResponse(
+        text=result.text,
+        model_id=request.model_id,
+        usage=usage,
+        latency_s=time.perf_counter() - started,
+        finish_reason=result.finish_reason,
+        attempts=attempts,
+        cached=not attempts,
+        parsed=parsed,
+    )
 
 
 def _parse_structured(request: ChatRequest, result: ProviderResult) -> BaseModel | None:

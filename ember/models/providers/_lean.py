@@ -78,6 +78,7 @@ from ember.models._errors import (
     RateLimitError,
 )
 from ember.models._types import ProviderResult
+from ember.models.providers._base import client_options
 from ember.models.providers._sdk_errors import is_request_validation_error, retry_after_seconds
 
 __all__ = [
@@ -151,15 +152,14 @@ def _snippet(body: bytes) -> str:
     return body[:400].decode("utf-8", "replace")
 
 
-def _load(body: bytes, model_id: str) -> dict:
+def _load(body: bytes, model_id: str, what: str = "the provider's response") -> dict:
+    """``body`` as a JSON object, or :class:`MalformedResponseError` naming ``what`` it was."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise MalformedResponseError(
-            "could not parse the provider's response", snippet=_snippet(body), model_id=model_id
-        ) from None
+        raise MalformedResponseError(f"could not parse {what}", snippet=_snippet(body), model_id=model_id) from None
     if not isinstance(parsed, dict):
-        raise MalformedResponseError("response is not a JSON object", snippet=_snippet(body), model_id=model_id)
+        raise MalformedResponseError(f"{what} is not a JSON object", snippet=_snippet(body), model_id=model_id)
     return parsed
 
 
@@ -263,18 +263,6 @@ class SSEParser:
         return events
 
 
-def _event_json(data: bytes, model_id: str) -> dict:
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise MalformedResponseError(
-            "could not parse a stream event", snippet=_snippet(data), model_id=model_id
-        ) from None
-    if not isinstance(parsed, dict):
-        raise MalformedResponseError("a stream event is not a JSON object", snippet=_snippet(data), model_id=model_id)
-    return parsed
-
-
 def _stream_error(payload: Any, model_id: str) -> ModelError:
     """An in-stream ``error`` event as a typed error (Anthropic's ``overloaded_error`` and
     ``api_error``, and a rate limit, are transient)."""
@@ -313,7 +301,7 @@ class OpenAIStreamDecoder:
         if data.strip() == b"[DONE]":
             self.done = True
             return None
-        chunk = _event_json(data, self.model_id)
+        chunk = _load(data, self.model_id, "a stream event")
         if event == "error" or "error" in chunk:
             raise _stream_error(chunk, self.model_id)
         self.model = _optional_str(chunk.get("model")) or self.model
@@ -376,7 +364,7 @@ class AnthropicStreamDecoder:
     def feed(self, event: str | None, data: bytes) -> str | None:
         if self.done:
             return None
-        payload = _event_json(data, self.model_id)
+        payload = _load(data, self.model_id, "a stream event")
         kind = payload.get("type", event)
         if kind == "error" or event == "error":
             raise _stream_error(payload, self.model_id)
@@ -598,10 +586,15 @@ def _stream_timeout(aiohttp, connect: float):
     return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
-def lean_pool_size(settings) -> int:
-    """Connections to keep: the provider's concurrency limit (``max_connections`` in its settings)."""
-    return getattr(settings, "max_connections", None) or 64
-
-
-def lean_base_url(settings, env: str | None, default: str) -> str:
-    return settings.base_url or (os.environ.get(env) if env else None) or default
+def client_for(settings, base_url_env: str | None, default_url: str, auth: Mapping[str, str]) -> LeanClient:
+    """A provider's lean client: its base URL (settings, then ``base_url_env``, then
+    ``default_url``), ``auth`` headers plus the config's ``default_headers``/``default_query``,
+    and a pool sized to its concurrency limit (``max_connections`` in its settings)."""
+    options = client_options(settings.options)
+    return LeanClient(
+        settings.base_url or (os.environ.get(base_url_env) if base_url_env else None) or default_url,
+        {**auth, **options.get("default_headers", {})},
+        query=options.get("default_query"),
+        timeout=settings.timeout,
+        pool_size=getattr(settings, "max_connections", None) or 64,
+    )

@@ -133,17 +133,9 @@ class OpenAIProvider(Provider):
 
     def _lean_transport(self) -> _lean.LeanClient:
         if self._lean_client is None:
-            settings, headers = self.settings, {}
-            if settings.api_key:
-                headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-            options = client_options(settings.options)
-            self._lean_client = _lean.LeanClient(
-                _lean.lean_base_url(settings, self.base_url_env, "https://api.openai.com/v1"),
-                {**headers, **options.get("default_headers", {})},
-                query=options.get("default_query"),
-                timeout=settings.timeout,
-                pool_size=_lean.lean_pool_size(settings),
-            )
+            key = self.settings.api_key
+            auth = {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+            self._lean_client = _lean.client_for(self.settings, self.base_url_env, "https://api.openai.com/v1", auth)
         return self._lean_client
 
     async def acomplete(self, request: ChatRequest) -> ProviderResult:
