@@ -84,6 +84,10 @@ def main() -> None:
         results = run(Journal(journal, fresh=True))
     table = comparison_table(results, title=f"minibench, {len(data)} items ({time.perf_counter() - started:.0f} s)")
     console.print(fit_80_columns(table))
+    console.print(
+        "How to read it: accuracy with its 95% bootstrap interval. Where two systems' intervals\n"
+        f"overlap, {len(data)} items cannot tell them apart; more items (--items) narrow them."
+    )
     for name, r in results.items():
         if r.n_errors:
             first = next(rec for rec in r.records if not rec.ok)
