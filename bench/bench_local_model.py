@@ -3,6 +3,7 @@
     python bench/bench_local_model.py                        # SmolLM2-135M, batches 1, 8, 32
     python bench/bench_local_model.py --model /path/x.gguf --batches 1,16,64 --new-tokens 128
     python bench/bench_local_model.py --bandwidth-gbs 3350   # compare decode steps to a memory-bandwidth bound
+    python bench/bench_local_model.py --precisions float32,bfloat16,int8   # one table per weight precision
 
 Every row generates exactly ``--new-tokens`` tokens (``ignore_eos``) from its own prompt
 (no shared-prefix shortcut), greedily. Each batch size is run once to compile ("1st run s",
@@ -12,7 +13,9 @@ decode rate and "e2e tok/s" includes the prefill. Then an ensemble, 8 samples of
 prompt, runs one by one and micro-batched. Runs on whatever device JAX picks, so the same
 script measures a GPU; there, or with ``--bandwidth-gbs``, it also prints the decode step
 time against the memory-bandwidth bound: every step reads every weight once (bytes =
-parameter bytes), so ``bound = parameter bytes / bandwidth``.
+parameter bytes), so ``bound = parameter bytes / bandwidth``. With ``--precisions``, the model is loaded and measured once per
+precision (default: :func:`ember.local.default_precision`), and a closing table puts their
+decode tok/s side by side.
 """
 
 from __future__ import annotations
@@ -56,28 +59,50 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth, GB/s")
+    parser.add_argument(
+        "--precisions", default=None, help="comma-separated weight precisions: float32, bfloat16, int8 (default: the default)"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
     import jax
 
-    from ember.local import GenerationConfig, load_model
+    from ember.local import default_precision
 
     import_s = time.perf_counter() - start
-    start = time.perf_counter()
-    model = load_model(args.model)
-    load_s = time.perf_counter() - start
     device = jax.devices()[0]
-    print(f"model: {model.path.name} ({model.param_bytes / 1e6:.0f} MB of {model.dtype.name} weights)")
     print(f"device: {device.platform} / {device.device_kind} ({jax.device_count()} device(s))")
-    print(f"import: {import_s:.2f} s   load (parse + dequantize + place): {load_s:.2f} s")
+    print(f"import: {import_s:.2f} s")
+    precisions = args.precisions.split(",") if args.precisions else [default_precision()]
+    batches = [int(b) for b in args.batches.split(",")]
+    summary = {}
+    for precision in precisions:
+        print(f"\n==================== precision: {precision}")
+        summary[precision] = bench_precision(args, precision, batches, device)
+    if len(precisions) > 1:
+        print(f"\n{'decode tok/s':>12} " + " ".join(f"{'batch ' + str(b):>9}" for b in batches) + f" {'weights MB':>10}")
+        for precision, (rates, mb) in summary.items():
+            print(f"{precision:>12} " + " ".join(f"{rates[b][1]:>9.1f}" for b in batches) + f" {mb:>10.0f}")
+        print(f"{'e2e tok/s':>12}")
+        for precision, (rates, _) in summary.items():
+            print(f"{precision:>12} " + " ".join(f"{rates[b][2]:>9.1f}" for b in batches))
+
+
+def bench_precision(args, precision: str, batches: list[int], device) -> tuple[dict, float]:
+    """One precision's table; returns its rates per batch and its weight megabytes."""
+    from ember.local import GenerationConfig, load_model
+
+    start = time.perf_counter()
+    model = load_model(args.model, precision=precision)
+    load_s = time.perf_counter() - start
+    print(f"model: {model.path.name} ({model.param_bytes / 1e6:.0f} MB of {model.precision} weights, {model.dtype.name} compute)")
+    print(f"load (parse + dequantize + place): {load_s:.2f} s")
     # Other processes on a small machine skew every number: say how busy it was.
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     n_new = args.new_tokens
     prefill_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
     full = GenerationConfig(max_new_tokens=n_new, ignore_eos=True)
-    batches = [int(b) for b in args.batches.split(",")]
     prompts = {b: [model.encode(p) for p in story_prompts(b)] for b in batches}
     first_run = {}
     for b in batches:
@@ -124,11 +149,12 @@ def main() -> None:
     bandwidth = args.bandwidth_gbs or detect_bandwidth(device.device_kind)
     if bandwidth is None:
         print("memory-bandwidth bound: unknown device bandwidth (pass --bandwidth-gbs)")
-        return
+        return rates, model.param_bytes / 1e6
     bound_s = model.param_bytes / (bandwidth * 1e9)
     print(f"memory-bandwidth bound at {bandwidth:.0f} GB/s: {bound_s * 1e3:.3f} ms/step (weights read once per step)")
     for batch, (step_s, _, _) in rates.items():
         print(f"  batch {batch:>3}: {step_s * 1e3:.3f} ms/step = {bound_s / step_s * 100:.0f}% of the bound's speed")
+    return rates, model.param_bytes / 1e6
 
 
 if __name__ == "__main__":

@@ -32,12 +32,14 @@ from ember.local._errors import (
 )
 from ember.local._generate import Generation, GenerationConfig, GenerationStats
 from ember.local._mesh import MeshSpec, batch_mesh, current_mesh, use_mesh
-from ember.local._model import LocalModel, Prompt, default_dtype, load_model
+from ember.local._model import LocalModel, Prompt, default_dtype, default_precision, load_model
 from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_path
+from ember.local._quant import PRECISIONS, Precision
 
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
+    "PRECISIONS",
     "CorruptModelFileError",
     "Generation",
     "GenerationConfig",
@@ -48,6 +50,7 @@ __all__ = [
     "MeshSpec",
     "MicroBatcher",
     "ModelFileNotFoundError",
+    "Precision",
     "Prompt",
     "PromptTooLongError",
     "UnsupportedModelError",
@@ -56,6 +59,7 @@ __all__ = [
     "compile_counts",
     "current_mesh",
     "default_dtype",
+    "default_precision",
     "enable_compile_cache",
     "load_model",
     "resolve_model_path",

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ember.local._errors import UnsupportedModelError
+from ember.local._quant import QuantizedWeight, linear, quantize_int8
 
 __all__ = ["KVCache", "LayerParams", "LlamaConfig", "LlamaParams", "forward", "init_cache", "params_from_gguf", "unembed"]
 
@@ -95,14 +96,16 @@ class LayerParams(NamedTuple):
     product on the dev machine)."""
 
     attn_norm: jax.Array  # [L, D]
-    wq: jax.Array  # [L, H*Dh, D]
-    wk: jax.Array  # [L, Hkv*Dh, D]
-    wv: jax.Array  # [L, Hkv*Dh, D]
-    wo: jax.Array  # [L, D, H*Dh]
+    # The seven projections are :class:`QuantizedWeight` (int8 + per-row scales) when
+    # loaded with ``quantize=True``.
+    wq: jax.Array | QuantizedWeight  # [L, H*Dh, D]
+    wk: jax.Array | QuantizedWeight  # [L, Hkv*Dh, D]
+    wv: jax.Array | QuantizedWeight  # [L, Hkv*Dh, D]
+    wo: jax.Array | QuantizedWeight  # [L, D, H*Dh]
     mlp_norm: jax.Array  # [L, D]
-    w_gate: jax.Array  # [L, F, D]
-    w_up: jax.Array  # [L, F, D]
-    w_down: jax.Array  # [L, D, F]
+    w_gate: jax.Array | QuantizedWeight  # [L, F, D]
+    w_up: jax.Array | QuantizedWeight  # [L, F, D]
+    w_down: jax.Array | QuantizedWeight  # [L, D, F]
 
 
 class LlamaParams(NamedTuple):
@@ -130,23 +133,28 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, out // n_heads // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
 
 
-def params_from_gguf(tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: Any) -> LlamaParams:
-    """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``."""
+def params_from_gguf(
+    tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: Any, *, quantize: bool = False
+) -> LlamaParams:
+    """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``; with
+    ``quantize``, the layers' projection matrices become int8 :class:`QuantizedWeight`."""
 
-    def stack(name: str, transform=lambda w: w) -> jax.Array:
+    def stack(name: str, transform=lambda w: w, *, matrix: bool = True) -> jax.Array | QuantizedWeight:
         first = tensors[f"blk.0.{name}.weight"]
         out = np.empty((config.n_layers, *first.shape), np.float32)
         for i in range(config.n_layers):
             out[i] = transform(tensors[f"blk.{i}.{name}.weight"])
+        if quantize and matrix:
+            return quantize_int8(out)
         return jnp.asarray(out, dtype=dtype)
 
     layers = LayerParams(
-        attn_norm=stack("attn_norm"),
+        attn_norm=stack("attn_norm", matrix=False),
         wq=stack("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
         wk=stack("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
         wv=stack("attn_v"),
         wo=stack("attn_output"),
-        mlp_norm=stack("ffn_norm"),
+        mlp_norm=stack("ffn_norm", matrix=False),
         w_gate=stack("ffn_gate"),
         w_up=stack("ffn_up"),
         w_down=stack("ffn_down"),
@@ -170,9 +178,7 @@ def init_cache(config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCa
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w.T`` for a weight stored ``(out, in)``."""
-    return jnp.einsum("...i,oi->...o", x, w)
+_linear = linear  # ``x @ w.T`` for a weight stored ``(out, in)``, plain or int8 (ember.local._quant)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:

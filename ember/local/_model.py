@@ -1,7 +1,7 @@
 """``LocalModel``: one loaded GGUF model, and ``load_model``, which loads each file once per process.
 
 Loading SmolLM2-135M (parse, dequantize, stack, copy to the device) takes seconds and
-~0.5 GB of float32 weights, so models are cached per (file, dtype) behind a lock: the
+~0.5 GB of float32 weights, so models are cached per (file, precision, dtype) behind a lock: the
 first caller loads, concurrent callers wait for that load, later callers get the same
 object. Generation on one model is serialised by its own lock; batching many requests
 into one generation is the job of :mod:`ember.local._batcher`, not of concurrent calls.
@@ -28,9 +28,10 @@ from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
 from ember.local._messages import Prompt, normalize_messages
 from ember.local._paths import resolve_model_path
+from ember.local._quant import PRECISIONS, Precision
 from ember.local._tokenizer import GGUFTokenizer
 
-__all__ = ["LocalModel", "Prompt", "default_dtype", "load_model"]
+__all__ = ["LocalModel", "Prompt", "default_dtype", "default_precision", "load_model", "resolve_precision"]
 
 # Used when a GGUF has no general.sampling.* metadata: the values SmolLM2's model card
 # recommends (temperature 0.2, top_p 0.9).
@@ -47,6 +48,36 @@ def default_dtype() -> Any:
     return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
 
 
+def default_precision() -> str:
+    """The weight precision :func:`load_model` uses when given neither ``precision`` nor
+    ``dtype``, chosen by measurement (``bench/bench_local_model.py --precisions``; the
+    "Precision" section of ``docs/local-model.md``). CPU: float32; bfloat16 is slower from
+    batch 8 on, and int8, faster at batch 1 and 8, changes a greedy test answer. Accelerators:
+    bfloat16 (int8 not yet measured there)."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def resolve_precision(precision: str | None = None, dtype: Any = None) -> tuple[str, Any]:
+    """``(precision, compute dtype)`` from :func:`load_model`'s ``precision`` and ``dtype``.
+
+    ``precision`` is ``"float32"``, ``"bfloat16"`` or ``"int8"`` (int8 weights, computed in
+    ``dtype``, by default :func:`default_dtype`). ``dtype`` alone keeps its old meaning: the
+    weights' floating dtype. Neither: :func:`default_precision`.
+    """
+    if precision is None:
+        if dtype is not None:
+            dt = jnp.dtype(dtype)
+            return dt.name, dt
+        precision = default_precision()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "int8":
+        return precision, jnp.dtype(dtype if dtype is not None else default_dtype())
+    if dtype is not None and jnp.dtype(dtype) != jnp.dtype(precision):
+        raise ValueError(f"precision={precision!r} contradicts dtype={jnp.dtype(dtype).name!r}")
+    return precision, jnp.dtype(precision)
+
+
 #: How many meshes keep a replicated copy of the weights (each copy is one per device).
 _PLACED_MESHES = 2
 
@@ -54,7 +85,7 @@ _PLACED_MESHES = 2
 class LocalModel:
     """A Llama-architecture GGUF model ready to generate; get one with :func:`load_model`."""
 
-    def __init__(self, path: str | os.PathLike, *, dtype: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, dtype: Any = None, precision: Precision | None = None) -> None:
         path = Path(path)
         contents = read_gguf(path)
         meta = contents.metadata
@@ -63,8 +94,11 @@ class LocalModel:
         self.config = LlamaConfig.from_metadata(meta, model=str(path))
         self.tokenizer = GGUFTokenizer(meta, model=str(path))
         self.chat_format: ChatFormat = chat_format_from_template(meta.get("tokenizer.chat_template"), model=str(path))
-        self.dtype = jnp.dtype(dtype if dtype is not None else default_dtype())
-        self.params: LlamaParams = params_from_gguf(contents.tensors, self.config, self.dtype)
+        #: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (weights); ``dtype`` is the compute dtype.
+        self.precision, self.dtype = resolve_precision(precision, dtype)
+        self.params: LlamaParams = params_from_gguf(
+            contents.tensors, self.config, self.dtype, quantize=self.precision == "int8"
+        )
         self.param_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
         turn_end = self.tokenizer.token_id(self.chat_format.turn_end.strip())
         self.end_ids = frozenset(self.tokenizer.end_ids | ({turn_end} if turn_end is not None else set()))
@@ -82,7 +116,7 @@ class LocalModel:
         self._placed: dict[Mesh, LlamaParams] = {}
 
     def __repr__(self) -> str:
-        return f"LocalModel({str(self.path)!r}, dtype={self.dtype.name})"
+        return f"LocalModel({str(self.path)!r}, precision={self.precision}, dtype={self.dtype.name})"
 
     @property
     def context_window(self) -> int:
@@ -196,20 +230,25 @@ def _per_prompt(config: GenerationConfig | Sequence[GenerationConfig] | None, n:
     return configs
 
 
-_models: dict[tuple[str, str], LocalModel] = {}
-_loading: dict[tuple[str, str], threading.Lock] = {}
+_models: dict[tuple[str, str, str], LocalModel] = {}
+_loading: dict[tuple[str, str, str], threading.Lock] = {}
 _models_lock = threading.Lock()
 
 
-def load_model(path: str | os.PathLike | None = None, *, dtype: Any = None) -> LocalModel:
+def load_model(
+    path: str | os.PathLike | None = None, *, dtype: Any = None, precision: Precision | None = None
+) -> LocalModel:
     """The model at ``path`` (an embedded model name, a GGUF path, or ``None`` for
-    SmolLM2-135M-Instruct), loaded on first use and shared by the whole process.
+    SmolLM2-135M-Instruct), loaded on first use and shared by the whole process, once per
+    precision: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (weight-only; see
+    :func:`resolve_precision`), by default :func:`default_precision`.
 
     Turns on JAX's persistent compilation cache first (:mod:`ember.local._compile_cache`;
     ``EMBER_COMPILE_CACHE=off`` disables it), so a new process reuses compiled programs."""
     ensure_compile_cache()
     resolved = resolve_model_path(path)
-    key = (str(resolved), jnp.dtype(dtype if dtype is not None else default_dtype()).name)
+    prec, compute = resolve_precision(precision, dtype)
+    key = (str(resolved), prec, compute.name)
     with _models_lock:
         model = _models.get(key)
         if model is not None:
@@ -219,7 +258,7 @@ def load_model(path: str | os.PathLike | None = None, *, dtype: Any = None) -> L
         with _models_lock:
             if key in _models:
                 return _models[key]
-        model = LocalModel(resolved, dtype=key[1])
+        model = LocalModel(resolved, dtype=compute, precision=prec if prec in PRECISIONS else None)
         with _models_lock:
             _models[key] = model
             _loading.pop(key, None)
