@@ -393,13 +393,19 @@ class ModelService:
         return cache
 
     # -- execution (I/O loop) -------------------------------------------------------------
+    def _cached(self, request: ChatRequest) -> tuple[ResponseCache | None, str | None, ProviderResult | None]:
+        """The response cache in use, ``request``'s key in it, and its cached answer (or ``None``s)."""
+        cache = self._cache()
+        if cache is None:
+            return None, None, None
+        key = cache_key(request.model_id, request)
+        return cache, key, cache.get(key)
+
     async def _execute(self, route: _Route, request: ChatRequest, scope: UsageScope | None) -> ModelResponse:
         started = time.perf_counter()
         stats = self.stats
         stats.started += 1
-        cache = self._cache()
-        key = cache_key(request.model_id, request) if cache is not None else None
-        result = cache.get(key) if cache is not None else None
+        cache, key, result = self._cached(request)
         attempts = 0
         try:
             if result is None:
@@ -545,9 +551,7 @@ class ModelService:
         started = time.perf_counter()
         stats = self.stats
         stats.started += 1
-        cache = self._cache()
-        key = cache_key(request.model_id, request) if cache is not None else None
-        result = cache.get(key) if cache is not None else None
+        cache, key, result = self._cached(request)
         attempts = 0
         try:
             if result is None:

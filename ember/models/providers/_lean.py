@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -429,6 +429,26 @@ async def stream_result(
     yield decoder.result()
 
 
+@contextlib.contextmanager
+def _typed_errors(aiohttp: Any, model_id: str, what: str) -> Iterator[None]:
+    """aiohttp's failures as the SDK path's typed errors; ``what`` names the body for a cut one
+    (the status line came, the body did not: Content-Length or chunking unmet, a dropped connection)."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise ProviderTimeoutError("request timed out", model_id=model_id, retryable=True) from None
+    except aiohttp.ClientPayloadError:
+        raise ProviderConnectionError(
+            f"connection failed: {what} was cut short", model_id=model_id, retryable=True
+        ) from None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError) as exc:
+        raise ProviderConnectionError(
+            f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
+        ) from None
+
+
 class LeanClient:
     """One keep-alive HTTP/1.1 pool to one server; created and used on Ember's I/O loop.
 
@@ -494,7 +514,7 @@ class LeanClient:
         session = self._get_session()
         aiohttp = self._aiohttp
         extra = {} if (chosen := self._timeout_of(timeout)) is None else {"timeout": chosen}
-        try:
+        with _typed_errors(aiohttp, model_id, "the response body"):
             async with session.post(
                 self._url(path), data=orjson.dumps(payload), allow_redirects=False, **extra
             ) as response:
@@ -503,19 +523,6 @@ class LeanClient:
                 if 200 <= status < 300:
                     return body
                 raise map_status(status, body, response.headers, model_id)
-        except ModelError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise ProviderTimeoutError("request timed out", model_id=model_id, retryable=True) from None
-        except aiohttp.ClientPayloadError:
-            # The status line came, the body did not (Content-Length or chunking unmet): a dropped connection.
-            raise ProviderConnectionError(
-                "connection failed: the response body was cut short", model_id=model_id, retryable=True
-            ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError) as exc:
-            raise ProviderConnectionError(
-                f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
-            ) from None
 
     async def stream(
         self, path: str, payload: dict[str, Any], *, model_id: str
@@ -532,31 +539,20 @@ class LeanClient:
         response = None
         finished = False
         try:
-            response = await session.post(
-                self._url(path), data=orjson.dumps(payload), allow_redirects=False,
-                headers={"accept": "text/event-stream"}, timeout=_stream_timeout(aiohttp, self._timeout),
-            )
-            if not 200 <= response.status < 300:
-                raise map_status(response.status, await response.read(), response.headers, model_id)
-            parser = SSEParser()
-            async for chunk in response.content.iter_any():
-                for event in parser.feed(chunk):
-                    yield event
-            # An event left unterminated at the end is dropped (the SSE rule): the decoder then
-            # finds its stream ended early, a truncation.
-            finished = True
-        except ModelError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise ProviderTimeoutError("request timed out", model_id=model_id, retryable=True) from None
-        except aiohttp.ClientPayloadError:
-            raise ProviderConnectionError(
-                "connection failed: the stream was cut short", model_id=model_id, retryable=True
-            ) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError) as exc:
-            raise ProviderConnectionError(
-                f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
-            ) from None
+            with _typed_errors(aiohttp, model_id, "the stream"):
+                response = await session.post(
+                    self._url(path), data=orjson.dumps(payload), allow_redirects=False,
+                    headers={"accept": "text/event-stream"}, timeout=_stream_timeout(aiohttp, self._timeout),
+                )  # fmt: skip
+                if not 200 <= response.status < 300:
+                    raise map_status(response.status, await response.read(), response.headers, model_id)
+                parser = SSEParser()
+                async for chunk in response.content.iter_any():
+                    for event in parser.feed(chunk):
+                        yield event
+                # An event left unterminated at the end is dropped (the SSE rule): the decoder then
+                # finds its stream ended early, a truncation.
+                finished = True
         finally:
             if response is not None:
                 if finished:
