@@ -35,13 +35,13 @@ def freed(model, *meshes):
 def recorded_placements(monkeypatch):
     """The ``mesh`` every batched generation of a :class:`LocalModel` ran with."""
     seen: list[Mesh | None] = []
-    original = local_model.generate_tokens
+    original = local_model.serve
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("mesh"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(local_model, "generate_tokens", spy)
+    monkeypatch.setattr(local_model, "serve", spy)
     yield seen
 
 
@@ -96,9 +96,12 @@ class _StubModel:
     def encode(self, prompt, assistant_prefix=""):
         return [1, 2, 3]
 
-    def generate_tokens(self, ids, configs, *, deadlines, mesh=None, batch_axis="batch"):
-        self.calls.append((len(ids), mesh, batch_axis))
-        return [types.SimpleNamespace(text=f"row {i}") for i in range(len(ids))]
+    def serve(self, requests, *, arrivals, max_rows, mesh=None, batch_axis="batch"):
+        self.calls.append((len(requests), mesh, batch_axis))
+        results = [types.SimpleNamespace(text=f"row {i}") for i in range(len(requests))]
+        for request, result in zip(requests, results):
+            request.on_done(result)
+        return results
 
 
 def test_requests_under_different_meshes_never_share_a_batch():

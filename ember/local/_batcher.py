@@ -6,10 +6,14 @@ as one batch, the 8 rows share every weight read (and identical prompts share on
 prefill), which is where the throughput comes from (see ``bench/bench_local_model.py``).
 
 A single worker thread owns generation: it takes the first waiting request, keeps
-collecting for ``window_s`` (or until ``max_batch``), then generates the whole group.
-Requests that arrive while a batch is generating wait and form the next batch. Callers
-get a ``concurrent.futures.Future``, so the asyncio provider awaits it with
-``asyncio.wrap_future`` and never blocks the event loop.
+collecting for ``window_s`` (or until ``max_batch``), then generates the whole group, so
+the start of a burst shares one prefill and one decode loop. Requests that arrive while a
+batch is generating *join* it between decode chunks (continuous batching, see
+:mod:`ember.local._generate`): a judge's request that follows an ensemble's answers does
+not wait for the whole batch to finish. One that cannot join (its prompt or its answer does
+not fit the running cache) waits for the next batch. Every request's future resolves the
+moment its own row finishes. Callers get a ``concurrent.futures.Future``, so the asyncio
+provider awaits it with ``asyncio.wrap_future`` and never blocks the event loop.
 
 A request may carry a mesh (the provider passes :func:`ember.local.current_mesh`): its
 batch is generated with ``mesh=``, rows split over the mesh's batch axis, so a ``vmap``
@@ -20,6 +24,7 @@ meshes (or none) never share a batch, even when they arrive in the same window.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import threading
@@ -28,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from ember.local._errors import PromptTooLongError
-from ember.local._generate import Generation, GenerationConfig
+from ember.local._generate import Generation, GenerationConfig, GenerationRequest
 from ember.local._mesh import MeshSpec
 from ember.local._model import LocalModel, Prompt
 
@@ -44,6 +49,10 @@ class _Pending:
     assistant_prefix: str = ""
     mesh: MeshSpec | None = None
     on_tokens: Callable[[Sequence[int]], None] | None = None
+    prompt_ids: list[int] | None = None  # encoded once, when first considered
+
+    def request(self) -> GenerationRequest:
+        return GenerationRequest(self.prompt_ids, self.config, self.deadline, self.on_tokens, self.future.set_result)
 
 
 class MicroBatcher:
@@ -56,6 +65,9 @@ class MicroBatcher:
         self.window_s = window_s
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        # Requests taken off the queue but not yet served (only the worker thread touches it).
+        self._waiting: collections.deque[_Pending] = collections.deque()
+        self._closing = False
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         #: Batched generations run so far.
@@ -101,29 +113,50 @@ class MicroBatcher:
     def _ensure_worker(self) -> None:
         with self._start_lock:
             if self._worker is None:
+                self._closing = False
                 self._worker = threading.Thread(target=self._run, name="ember-local-batcher", daemon=True)
                 self._worker.start()
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._next(None)
             if first is None:
                 return
-            batch, closing = [first], False
+            batch = [first]
             window_end = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch:
-                remaining = window_end - time.monotonic()
-                try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while len(batch) < self.max_batch and not self._closing:
+                item = self._next(max(window_end - time.monotonic(), 0.0))
                 if item is None:
-                    closing = True
                     break
                 batch.append(item)
             self._serve(batch)
-            if closing:
+
+    def _next(self, timeout: float | None) -> _Pending | None:
+        """The oldest request not yet served; ``None`` when none came within ``timeout``
+        (``None``: wait for one) or the batcher is closing."""
+        if self._waiting:
+            return self._waiting.popleft()
+        if self._closing:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None:
+            self._closing = True
+        return item
+
+    def _drain(self) -> None:
+        """Move what has arrived on the queue to the waiting line."""
+        while not self._closing:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
                 return
+            if item is None:
+                self._closing = True
+            else:
+                self._waiting.append(item)
 
     def _serve(self, batch: list[_Pending]) -> None:
         groups: dict[MeshSpec | None, list[_Pending]] = {}
@@ -132,37 +165,69 @@ class MicroBatcher:
         for mesh, group in groups.items():
             self._serve_group(group, mesh)
 
-    def _serve_group(self, batch: list[_Pending], mesh: MeshSpec | None) -> None:
-        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+    def _prepared(self, p: _Pending) -> bool:
+        """Encode ``p``'s prompt once; a prompt that cannot be served fails its future alone."""
+        if p.prompt_ids is not None:
+            return True
         model = self._model
-        ready, ids = [], []
-        for p in live:
-            try:
-                prompt_ids = model.encode(p.prompt, assistant_prefix=p.assistant_prefix)
-                if len(prompt_ids) >= model.context_window:
-                    raise PromptTooLongError(len(prompt_ids), model.context_window, model=str(model.path))
-            except Exception as exc:  # noqa: BLE001 - a bad request fails alone
+        try:
+            p.prompt_ids = model.encode(p.prompt, assistant_prefix=p.assistant_prefix)
+            if len(p.prompt_ids) >= model.context_window:
+                raise PromptTooLongError(len(p.prompt_ids), model.context_window, model=str(model.path))
+        except Exception as exc:  # noqa: BLE001 - a bad request fails alone
+            if p.future.set_running_or_notify_cancel():
                 p.future.set_exception(exc)
-                continue
-            ready.append(p)
-            ids.append(prompt_ids)
+            return False
+        return True
+
+    def _serve_group(self, batch: list[_Pending], mesh: MeshSpec | None) -> None:
+        ready = [p for p in batch if self._prepared(p) and p.future.set_running_or_notify_cancel()]
         if not ready:
             return
         self.batches += 1
         placement = {} if mesh is None else {"mesh": mesh.mesh, "batch_axis": mesh.batch_axis}
         if mesh is not None:
             self.sharded_batches += 1
+        arrivals = _Arrivals(self, mesh, served=list(ready))
         try:
-            configs, deadlines = [p.config for p in ready], [p.deadline for p in ready]
-            callbacks = [p.on_tokens for p in ready]
-            streaming = {"on_tokens": callbacks} if any(callbacks) else {}
-            results = model.generate_tokens(ids, configs, deadlines=deadlines, **placement, **streaming)
+            self._model.serve([p.request() for p in ready], arrivals=arrivals, max_rows=self.max_batch, **placement)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
-            for p in ready:
-                p.future.set_exception(exc)
-            return
-        for p, result in zip(ready, results):
-            p.future.set_result(result)
+            for p in arrivals.served:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+
+
+class _Arrivals:
+    """The batcher's waiting line, as seen by one running generation: requests under the
+    same placement, taken in arrival order."""
+
+    def __init__(self, batcher: MicroBatcher, mesh: MeshSpec | None, *, served: list[_Pending]) -> None:
+        self._batcher = batcher
+        self._mesh = mesh
+        #: Every request this generation has taken, joined ones included.
+        self.served = served
+
+    def waiting(self) -> bool:
+        self._batcher._drain()
+        return any(p.mesh == self._mesh for p in self._batcher._waiting)
+
+    def take(self, fits: Callable[[Sequence[int], GenerationConfig], bool], limit: int) -> list[GenerationRequest]:
+        batcher = self._batcher
+        batcher._drain()
+        taken: list[GenerationRequest] = []
+        kept: collections.deque[_Pending] = collections.deque()
+        for p in batcher._waiting:
+            if len(taken) >= limit or p.mesh != self._mesh:
+                kept.append(p)
+            elif not batcher._prepared(p):
+                continue  # it failed alone
+            elif not fits(p.prompt_ids, p.config):
+                kept.append(p)  # for the next batch
+            elif p.future.set_running_or_notify_cancel():  # else cancelled while waiting: dropped
+                self.served.append(p)
+                taken.append(p.request())
+        batcher._waiting = kept
+        return taken
 
 
 _batchers: dict[LocalModel, MicroBatcher] = {}

@@ -18,6 +18,16 @@ its own); and when the live rows fit a batch bucket half the size or less, and m
 run long enough to repay a compile (``COMPACT_MIN_STEPS``), they are gathered into that
 smaller batch.
 
+Continuous batching: a generation may be given ``arrivals`` (the micro-batcher's queue).
+Between chunks, waiting requests *join* it: each takes a free batch row (a finished row, a
+padding row, or a row added by growing the batch to the next bucket), its prompt is
+prefilled on its own and its keys and values are written into that row's cache just below
+the shared write slot, so from the next chunk on it decodes with the others. Rows carry
+their own ``start``, so positions and masks stay per row whatever the row held before. A
+request joins when its prompt fits below the slot and its answer fits in the cache left;
+otherwise it waits for the next generation. Each row's result is handed over
+(``on_done``) the moment it finishes, not when the batch ends.
+
 Sharding: with a ``Mesh``, parameters are replicated and every batch-leading array (tokens,
 sampling settings, KV cache) is split over the mesh's batch axis; XLA partitions the same
 program, and each row's arithmetic is unchanged, so the tokens equal the unsharded ones.
@@ -29,7 +39,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +51,16 @@ from ember.local._llama import KVCache, LlamaConfig, LlamaParams, forward, init_
 from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams, sample, seed_words
 from ember.local._tokenizer import GGUFTokenizer
 
-__all__ = ["Generation", "GenerationConfig", "GenerationStats", "bucket", "generate_tokens", "prompt_bucket"]
+__all__ = [
+    "Arrivals",
+    "Generation",
+    "GenerationConfig",
+    "GenerationRequest",
+    "GenerationStats",
+    "bucket",
+    "prompt_bucket",
+    "serve",
+]
 
 MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 64
@@ -107,7 +126,17 @@ class GenerationStats:
     decode_chunks: int = 0  # jitted decode-loop calls
     decode_steps: int = 0  # batched one-token forwards
     compactions: int = 0  # times finished rows were dropped to a smaller batch
+    growths: int = 0  # times a running batch grew to a larger bucket for joining rows
+    joined_rows: int = 0  # requests that joined a running generation
+    join_calls: int = 0  # batched prefills of joining requests
     generated_tokens: int = 0
+    row_steps: int = 0  # batch rows x decode steps: the decode work paid for
+    decoded_tokens: int = 0  # tokens those steps produced for live rows
+
+    @property
+    def occupancy(self) -> float:
+        """Share of the decode work that produced a token (1.0: no idle rows)."""
+        return self.decoded_tokens / self.row_steps if self.row_steps else 0.0
 
     @property
     def forward_calls(self) -> int:
@@ -237,66 +266,154 @@ def _decode(
     return _constrain_state(state, mesh, axis), out, steps
 
 
+@partial(jax.jit, static_argnames=("config", "mode", "mesh", "axis"), donate_argnames=("state",))
+def _join(
+    params: LlamaParams,
+    state: DecodeState,
+    tokens: jax.Array,
+    start: jax.Array,
+    rows: jax.Array,
+    sampling: SamplingParams,
+    end_ids: jax.Array,
+    *,
+    config: LlamaConfig,
+    mode: str,
+    mesh: Mesh | None,
+    axis: str,
+) -> tuple[DecodeState, jax.Array]:
+    """Prefill the joining prompts ``tokens [J, T]`` (real tokens from ``start [J]``) into
+    batch rows ``rows [J]`` of a running generation and sample their first tokens.
+
+    The prompts are run at slots ``0 .. T-1`` of a scratch cache, then their keys and values
+    are copied to slots ``slot-T .. slot-1`` of their rows, so each prompt ends right below
+    the shared write slot and its first token is fed at ``slot`` like every other row's next
+    token. Keys carry their rotary position (``slot - start``), which the copy preserves."""
+    j, t = tokens.shape
+    scratch = init_cache(config, j, t, params.embed.dtype)
+    hidden, scratch = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), scratch, t)
+    below = state.slot - t
+
+    def place(cache: jax.Array, new: jax.Array) -> jax.Array:  # [L, B, H, S, D] <- [L, J, H, T, D]
+        zero = jnp.zeros((), jnp.int32)
+        written = jax.lax.dynamic_update_slice(cache[:, rows], new.astype(cache.dtype), (zero, zero, zero, below, zero))
+        return cache.at[:, rows].set(written)
+
+    cache = KVCache(place(state.cache.k, scratch.k), place(state.cache.v, scratch.v))
+    mine = SamplingParams(*(x[rows] for x in sampling))
+    first = sample(unembed(params, hidden), mine, jnp.zeros((j,), jnp.int32), mode=mode)
+    one = jnp.ones((j,), jnp.int32)
+    joined = DecodeState(
+        cache=cache,
+        token=state.token.at[rows].set(first),
+        start=state.start.at[rows].set(below + start),
+        slot=state.slot,
+        generated=state.generated.at[rows].set(one),
+        done=state.done.at[rows].set(_finished(first, one, mine, end_ids)),
+    )
+    return _constrain_state(joined, mesh, axis), first
+
+
+@partial(jax.jit, static_argnames=("mesh", "axis"))
+def _relayout(state: DecodeState, keep: jax.Array, live: jax.Array, *, mesh: Mesh | None, axis: str) -> DecodeState:
+    """The batch rows ``keep``, in that order (a smaller batch, or a larger one with rows to
+    fill); positions where ``live`` is false count as done."""
+    cache = KVCache(state.cache.k[:, keep], state.cache.v[:, keep])
+    state = DecodeState(
+        cache, state.token[keep], state.start[keep], state.slot, state.generated[keep], state.done[keep] | ~live
+    )
+    return _constrain_state(state, mesh, axis)
+
+
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(hits) if hits else None
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt (token ids) to continue, and where its tokens and its result go.
+
+    ``on_tokens`` is called with the row's token ids so far after the prefill and after every
+    decode chunk in which it gained tokens (raw: they may run past a stop string or end with
+    an end-of-turn token); ``on_done`` gets the :class:`Generation` as soon as the row
+    finishes. Both run on the generating thread and must not raise."""
+
+    prompt_ids: Sequence[int]
+    config: GenerationConfig = GenerationConfig()
+    deadline: float | None = None
+    on_tokens: Callable[[Sequence[int]], None] | None = None
+    on_done: Callable[[Generation], None] | None = None
+
+
+class Arrivals(Protocol):
+    """Requests that may join a running generation (the micro-batcher's queue)."""
+
+    def waiting(self) -> bool:
+        """Whether any request is waiting to join this generation."""
+        ...
+
+    def take(self, fits: Callable[[Sequence[int], GenerationConfig], bool], limit: int) -> list[GenerationRequest]:
+        """Up to ``limit`` waiting requests for which ``fits(prompt_ids, config)`` holds, in
+        arrival order; the rest keep waiting."""
+        ...
 
 
 @dataclasses.dataclass
 class _Row:
     """Host-side bookkeeping of one real row."""
 
-    prompt_len: int
-    config: GenerationConfig
+    request: GenerationRequest
     max_new: int
-    deadline: float | None
     tokens: list[int] = dataclasses.field(default_factory=list)
     finish: str | None = None
     cut: int | None = None  # character index of the first stop string
+    reported: int = 0  # tokens on_tokens has seen
+    result: Generation | None = None
+
+    @property
+    def config(self) -> GenerationConfig:
+        return self.request.config
 
 
-def generate_tokens(
+def _row(request: GenerationRequest, context_length: int) -> _Row:
+    ids = request.prompt_ids
+    if not ids:
+        raise ValueError("cannot continue an empty prompt")
+    room = context_length - len(ids)
+    if room < 1:
+        raise PromptTooLongError(len(ids), context_length)
+    return _Row(request, min(request.config.max_new_tokens, room))
+
+
+def serve(
     params: LlamaParams,
     config: LlamaConfig,
     tokenizer: GGUFTokenizer,
-    prompt_ids: Sequence[Sequence[int]],
-    configs: Sequence[GenerationConfig],
+    requests: Sequence[GenerationRequest],
     *,
     end_ids: Sequence[int],
     stats: GenerationStats,
     mesh: Mesh | None = None,
     axis: str = "batch",
-    deadlines: Sequence[float | None] | None = None,
     chunk: int = 16,
-    on_tokens: Sequence[Callable[[Sequence[int]], None] | None] | None = None,
+    arrivals: Arrivals | None = None,
+    max_rows: int = 32,
 ) -> list[Generation]:
-    """Continue each prompt (token ids) under its own config, as one batched generation.
+    """Continue ``requests`` as one batched generation; returns their generations in order.
 
     ``end_ids`` are the end-of-turn tokens; ``max_new_tokens`` is clipped to the context
-    window. ``deadlines`` are ``time.monotonic()`` instants after which a row stops with
+    window. A request's ``deadline`` (a ``time.monotonic()`` instant) stops its row with
     ``finish_reason="timeout"``. Parameters must already be placed (replicated on ``mesh``).
-    ``on_tokens`` (one per prompt, or None) are called on this thread after the prefill and
-    after every decode chunk in which their row gained tokens, with the row's token ids so far
-    (raw: they may run past a stop string or end with an end-of-turn token); for streaming.
+    With ``arrivals``, requests that arrive while this runs join it, up to ``max_rows`` live
+    rows; their results reach them only through their ``on_done``.
     """
-    n = len(prompt_ids)
-    if n == 0:
+    if not requests:
         return []
-    if len(configs) != n:
-        raise ValueError(f"{n} prompts but {len(configs)} configs")
-    deadlines = list(deadlines) if deadlines is not None else [None] * n
-    rows = []
-    for ids, cfg, deadline in zip(prompt_ids, configs, deadlines):
-        if not ids:
-            raise ValueError("cannot continue an empty prompt")
-        room = config.context_length - len(ids)
-        if room < 1:
-            raise PromptTooLongError(len(ids), config.context_length)
-        rows.append(_Row(len(ids), cfg, min(cfg.max_new_tokens, room), deadline))
-
+    rows = [_row(r, config.context_length) for r in requests]
+    n = len(rows)
     devices = 1 if mesh is None else mesh.shape[axis]
     unique: dict[tuple[int, ...], int] = {}
-    row_map = [unique.setdefault(tuple(ids), len(unique)) for ids in prompt_ids]
+    row_map = [unique.setdefault(tuple(r.request.prompt_ids), len(unique)) for r in rows]
     u_size = bucket(len(unique), multiple=devices)
     b_size = bucket(n, multiple=devices)
     t_size = prompt_bucket(max(len(ids) for ids in unique))
@@ -307,10 +424,10 @@ def generate_tokens(
     for ids, u in unique.items():
         tokens[u, t_size - len(ids) :] = ids
         start[u] = t_size - len(ids)
-    pad = b_size - n  # padding rows stop after their first token
-    row_map_arr = np.asarray(row_map + [0] * pad, np.int32)
+    row_map_arr = np.asarray(row_map + [0] * (b_size - n), np.int32)
     put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, _batch_spec(mesh, axis, x.ndim)))
-    sampling = SamplingParams(*(put(x) for x in _sampling_arrays(rows, pad)))
+    placed: list[_Row | None] = [*rows, *[None] * (b_size - n)]  # the row behind each batch position
+    sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
     end = np.asarray(sorted(end_ids) or [-1], np.int32)
     static = {"config": config, "mode": _mode(rows), "mesh": mesh, "axis": axis}
 
@@ -320,26 +437,44 @@ def generate_tokens(
     state, first = _prefill(
         params, put(tokens), put(start), put(row_map_arr), sampling, end, cache_len=s_size, **static
     )
-    placed: list[_Row | None] = [*rows, *[None] * pad]  # the row behind each batch position
-    reported = [0] * n  # tokens each row's on_tokens has seen
     new_tokens = np.asarray(first)[:, None]
     slot = t_size  # cache slot of the next fed token
+
+    def fits(ids: Sequence[int], cfg: GenerationConfig) -> bool:
+        """A joining prompt must end below the write slot and its answer fit in the cache."""
+        max_new = min(cfg.max_new_tokens, config.context_length - len(ids))
+        return prompt_bucket(len(ids)) <= slot and slot + max_new <= s_size
+
     while True:
         _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
-        if on_tokens is not None:
-            _report(rows, on_tokens, reported)
         now = time.monotonic()
-        for r in rows:
-            if r.finish is None and r.deadline is not None and now >= r.deadline:
+        for r in placed:
+            if r is not None and r.finish is None and r.request.deadline is not None and now >= r.request.deadline:
                 r.finish = "timeout"
+        _report(placed, tokenizer, end_ids, stats)
         live = [i for i, r in enumerate(placed) if r is not None and r.finish is None]
+        joiners = arrivals.take(fits, max_rows - len(live)) if arrivals is not None and len(live) < max_rows else []
+        if joiners:
+            placed, state = _grow(placed, state, live, len(joiners), devices, stats, mesh=mesh, axis=axis)
+            joined = [_row(r, config.context_length) for r in joiners]
+            static["mode"] = _mode([r for r in placed if r is not None and r.finish is None] + joined)
+            sampling, state, new_tokens = _admit(
+                params, state, placed, joined, tokenizer.pad_id, end, put, stats, **static
+            )
+            rows.extend(joined)
+            continue
         if not live:
             break
         smaller = bucket(len(live), multiple=devices)
-        if smaller < len(placed) and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS:
-            keep = np.asarray(live + [live[0]] * (smaller - len(live)), np.int32)
-            state, sampling = _compact(state, sampling, keep, np.arange(smaller) < len(live), mesh=mesh, axis=axis)
+        if (
+            smaller < len(placed)
+            and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS
+            and not (arrivals is not None and arrivals.waiting())
+        ):
+            keep = live + [live[0]] * (smaller - len(live))
+            state = _relayout(state, np.asarray(keep, np.int32), np.arange(smaller) < len(live), mesh=mesh, axis=axis)
             placed = [placed[i] for i in live] + [None] * (smaller - len(live))
+            sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
             stats.compactions += 1
         host_done = np.asarray([r is None or r.finish is not None for r in placed])
         if (host_done != np.asarray(state.done)).any():
@@ -350,61 +485,125 @@ def generate_tokens(
         slot += steps
         stats.decode_chunks += 1
         stats.decode_steps += steps
-    results = [_result(r, tokenizer, end_ids) for r in rows]
-    stats.generated_tokens += sum(g.completion_tokens for g in results)
-    return results
+        stats.row_steps += steps * len(placed)
+        stats.decoded_tokens += int((new_tokens >= 0).sum())
+    stats.generated_tokens += sum(r.result.completion_tokens for r in rows if r.result is not None)
+    return [r.result for r in rows[:n]]
 
 
-def _report(rows: list[_Row], on_tokens: Sequence[Callable[[Sequence[int]], None] | None], seen: list[int]) -> None:
-    """Tell each streaming row's callback of its new tokens (callbacks must not raise)."""
-    for i, (r, callback) in enumerate(zip(rows, on_tokens)):
-        if callback is not None and len(r.tokens) > seen[i]:
-            seen[i] = len(r.tokens)
+def _grow(
+    placed: list[_Row | None],
+    state: DecodeState,
+    live: list[int],
+    joining: int,
+    devices: int,
+    stats: GenerationStats,
+    *,
+    mesh: Mesh | None,
+    axis: str,
+) -> tuple[list[_Row | None], DecodeState]:
+    """Make room for ``joining`` rows: the batch as is when it has that many free rows, else
+    the live rows moved into the next batch bucket that holds them all."""
+    if len(placed) - len(live) >= joining:
+        return placed, state
+    size = bucket(len(live) + joining, multiple=devices)
+    keep = live + [live[0] if live else 0] * (size - len(live))  # the filler rows start as done
+    state = _relayout(state, np.asarray(keep, np.int32), np.arange(size) < len(live), mesh=mesh, axis=axis)
+    stats.growths += 1
+    return [placed[i] for i in live] + [None] * (size - len(live)), state
+
+
+def _admit(
+    params: LlamaParams,
+    state: DecodeState,
+    placed: list[_Row | None],
+    joined: list[_Row],
+    pad_id: int,
+    end: np.ndarray,
+    put: Callable[[np.ndarray], Any],
+    stats: GenerationStats,
+    **static: Any,
+) -> tuple[SamplingParams, DecodeState, np.ndarray]:
+    """Put ``joined`` rows in free batch positions and prefill them there (one batched
+    :func:`_join`); returns the new sampling settings, state and first tokens ``[B, 1]``."""
+    free = [i for i, r in enumerate(placed) if r is None or r.finish is not None]
+    positions = free[: len(joined)]
+    for i, r in zip(positions, joined):
+        placed[i] = r
+    j_size = bucket(len(joined))
+    t_size = prompt_bucket(max(len(r.request.prompt_ids) for r in joined))
+    tokens = np.full((j_size, t_size), pad_id, np.int32)
+    start = np.full((j_size,), t_size - 1, np.int32)
+    for k, r in enumerate(joined):
+        ids = r.request.prompt_ids
+        tokens[k, t_size - len(ids) :] = ids
+        start[k] = t_size - len(ids)
+    filler = j_size - len(joined)  # bucket padding repeats the last joiner: the same writes again
+    tokens[len(joined) :], start[len(joined) :] = tokens[len(joined) - 1], start[len(joined) - 1]
+    rows = np.asarray(positions + [positions[-1]] * filler, np.int32)
+    sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
+    state, first = _join(params, state, tokens, start, rows, sampling, end, **static)
+    stats.join_calls += 1
+    stats.joined_rows += len(joined)
+    new_tokens = np.full((len(placed), 1), -1, np.int32)
+    new_tokens[positions, 0] = np.asarray(first)[: len(joined)]
+    return sampling, state, new_tokens
+
+
+def _report(
+    placed: list[_Row | None], tokenizer: GGUFTokenizer, end_ids: Sequence[int], stats: GenerationStats
+) -> None:
+    """Stream new tokens to their rows' ``on_tokens``; hand finished rows their result."""
+    for r in placed:
+        if r is None or r.result is not None:
+            continue
+        callback = r.request.on_tokens
+        if callback is not None and len(r.tokens) > r.reported:
+            r.reported = len(r.tokens)
             callback(tuple(r.tokens))
+        if r.finish is not None:
+            r.result = _result(r, tokenizer, end_ids)
+            if r.request.on_done is not None:
+                r.request.on_done(r.result)
 
 
-def _sampling_arrays(rows: list[_Row], pad: int) -> SamplingParams:
-    """Host arrays of the rows' sampling settings, plus ``pad`` greedy one-token rows."""
+def _sampling_arrays(placed: Sequence[_Row | None]) -> SamplingParams:
+    """Host arrays of each batch position's sampling settings; empty positions are greedy
+    one-token rows."""
+    real = [r.config if r is not None else None for r in placed]
     return SamplingParams(
-        temperature=np.asarray([r.config.temperature for r in rows] + [0.0] * pad, np.float32),
-        top_k=np.asarray([r.config.top_k for r in rows] + [0] * pad, np.int32),
-        top_p=np.asarray([r.config.top_p for r in rows] + [1.0] * pad, np.float32),
-        seed=np.asarray([seed_words(r.config.seed) for r in rows] + [(0, 0)] * pad, np.uint32).reshape(-1, 2),
-        max_new=np.asarray([r.max_new for r in rows] + [1] * pad, np.int32),
-        use_eos=np.asarray([not r.config.ignore_eos for r in rows] + [True] * pad, bool),
+        temperature=np.asarray([c.temperature if c else 0.0 for c in real], np.float32),
+        top_k=np.asarray([c.top_k if c else 0 for c in real], np.int32),
+        top_p=np.asarray([c.top_p if c else 1.0 for c in real], np.float32),
+        seed=np.asarray([seed_words(c.seed) if c else (0, 0) for c in real], np.uint32).reshape(-1, 2),
+        max_new=np.asarray([r.max_new if r is not None else 1 for r in placed], np.int32),
+        use_eos=np.asarray([not c.ignore_eos if c else True for c in real], bool),
     )
 
 
-def _mode(rows: list[_Row]) -> str:
+def _mode(rows: Sequence[_Row]) -> str:
     """The cheapest sampling program that serves every row."""
     if any(r.config.filters for r in rows):
         return FILTER
     return SAMPLE if any(r.config.temperature > 0 for r in rows) else GREEDY
 
 
-@partial(jax.jit, static_argnames=("mesh", "axis"))
-def _compact(
-    state: DecodeState, sampling: SamplingParams, keep: jax.Array, live: jax.Array, *, mesh: Mesh | None, axis: str
-) -> tuple[DecodeState, SamplingParams]:
-    """Keep batch rows ``keep`` (a smaller batch); positions where ``live`` is false are
-    padding and count as done."""
-    cache = KVCache(state.cache.k[:, keep], state.cache.v[:, keep])
-    state = DecodeState(
-        cache, state.token[keep], state.start[keep], state.slot, state.generated[keep], state.done[keep] | ~live
-    )
-    sampling = SamplingParams(*(_constrain(x[keep], mesh, axis) for x in sampling))
-    return _constrain_state(state, mesh, axis), sampling
-
-
 def _absorb(
-    placed: list[_Row | None], new_tokens: np.ndarray, done: np.ndarray, tokenizer: GGUFTokenizer, end_ids: Sequence[int]
+    placed: list[_Row | None],
+    new_tokens: np.ndarray,
+    done: np.ndarray,
+    tokenizer: GGUFTokenizer,
+    end_ids: Sequence[int],
 ) -> None:
     """Append a chunk's tokens (``[batch, steps]``) to the live rows; settle rows that the
     device or a stop string finished."""
     for b, r in enumerate(placed):
         if r is None or r.finish is not None:
             continue
-        r.tokens.extend(int(t) for t in new_tokens[b] if t >= 0)
+        added = [int(t) for t in new_tokens[b] if t >= 0]
+        if not added:
+            continue
+        r.tokens.extend(added)
         if r.config.stop:
             cut = _first_stop(tokenizer.decode(_text_tokens(r, end_ids)), r.config.stop)
             if cut is not None:
@@ -437,4 +636,6 @@ def _result(r: _Row, tokenizer: GGUFTokenizer, end_ids: Sequence[int]) -> Genera
             else:
                 lo = mid + 1
         tokens = tokens[:lo]
-    return Generation(text=text, token_ids=tuple(tokens), prompt_tokens=r.prompt_len, finish_reason=r.finish or "length")
+    return Generation(
+        text=text, token_ids=tuple(tokens), prompt_tokens=len(r.request.prompt_ids), finish_reason=r.finish or "length"
+    )

@@ -23,7 +23,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ember.local._chat import ChatFormat, chat_format_from_template
 from ember.local._compile_cache import ensure_compile_cache
-from ember.local._generate import Generation, GenerationConfig, GenerationStats, bucket, generate_tokens, prompt_bucket
+from ember.local._generate import (
+    Arrivals,
+    Generation,
+    GenerationConfig,
+    GenerationRequest,
+    GenerationStats,
+    bucket,
+    prompt_bucket,
+    serve,
+)
 from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
 from ember.local._messages import Prompt, normalize_messages
@@ -167,22 +176,37 @@ class LocalModel:
         on_tokens: Sequence[Callable[[Sequence[int]], None] | None] | None = None,
     ) -> list[Generation]:
         """:meth:`generate` for prompts already tokenized; ``on_tokens``: per-prompt token
-        callbacks for streaming (see :func:`ember.local._generate.generate_tokens`)."""
+        callbacks for streaming (see :class:`ember.local._generate.GenerationRequest`)."""
         configs = _per_prompt(config, len(prompt_ids))
+        deadlines = list(deadlines) if deadlines is not None else [None] * len(configs)
+        callbacks = list(on_tokens) if on_tokens is not None else [None] * len(configs)
+        requests = [GenerationRequest(*fields) for fields in zip(prompt_ids, configs, deadlines, callbacks)]
+        return self.serve(requests, mesh=mesh, batch_axis=batch_axis)
+
+    def serve(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        mesh: Mesh | None = None,
+        batch_axis: str = "batch",
+        arrivals: Arrivals | None = None,
+        max_rows: int = 32,
+    ) -> list[Generation]:
+        """Continue ``requests`` as one batched generation that ``arrivals`` may join while it
+        runs (continuous batching; see :func:`ember.local._generate.serve`)."""
         with self._lock:
-            return generate_tokens(
+            return serve(
                 self._params_on(mesh, batch_axis),
                 self.config,
                 self.tokenizer,
-                prompt_ids,
-                configs,
+                requests,
                 end_ids=sorted(self.end_ids),
                 stats=self.stats,
                 mesh=mesh,
                 axis=batch_axis,
-                deadlines=deadlines,
                 chunk=self.decode_chunk,
-                on_tokens=on_tokens,
+                arrivals=arrivals,
+                max_rows=max_rows,
             )
 
     def next_token_logits(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Continuous batching: requests that arrive during a generation join it between chunks.
+
+Checked structurally (generate calls, joined rows, batch growth, the order futures resolve
+in), never by wall-clock thresholds; and every joined answer is checked against the same
+request generated on its own, so a wrong cache placement cannot pass.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+
+from ember.local import GenerationConfig, MicroBatcher
+
+pytestmark = pytest.mark.slow
+
+LONG = GenerationConfig(max_new_tokens=160, ignore_eos=True)
+SHORT = GenerationConfig(max_new_tokens=12)
+SAMPLED = GenerationConfig(max_new_tokens=12, temperature=0.8, seed=7)
+
+
+def _start_long(batcher: MicroBatcher, prompt: str = "Count from 1 to 100.", gate: threading.Event | None = None):
+    """Submit a long generation and return its future once its first tokens exist. With
+    ``gate``, the generating thread waits for it after every chunk (in the stream callback)."""
+    running = threading.Event()
+
+    def on_tokens(ids) -> None:
+        running.set()
+        if gate is not None:
+            gate.wait()
+
+    future = batcher.submit(prompt, LONG, on_tokens=on_tokens)
+    assert running.wait(300), "the long generation never started"
+    return future
+
+
+def test_requests_arriving_during_a_generation_join_it_and_finish_first(smollm):
+    batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
+    long = _start_long(batcher)
+    before = dict(vars(smollm.stats))
+    questions = ["What is 2 + 3?", "Name a colour.", "What is the capital of France?"]
+    configs = [SHORT] * 3 + [SAMPLED]
+    prompts = [*questions, "Tell me a word."]
+    streamed: list[tuple[int, ...]] = []
+    joiners = [batcher.submit(p, c) for p, c in zip(prompts[:3], configs[:3])]
+    joiners.append(batcher.submit(prompts[3], SAMPLED, on_tokens=streamed.append))
+
+    concurrent.futures.wait(joiners, timeout=300)
+    assert not long.done(), "the joined requests should finish before the long generation"
+    assert long.result(timeout=300).completion_tokens == LONG.max_new_tokens
+    batcher.close()
+
+    delta = {k: v - before[k] for k, v in vars(smollm.stats).items()}
+    assert delta["generate_calls"] == 0  # no new generation: they were served by the running one
+    assert delta["joined_rows"] == 4
+    assert delta["growths"] >= 1  # the one-row batch grew to hold them
+    results = [f.result() for f in joiners]
+    assert streamed and streamed[-1][: len(results[3].token_ids)] == results[3].token_ids
+
+    alone = smollm.generate(prompts, configs)  # same requests, their own batch (greedy and seeded)
+    assert [r.token_ids for r in results] == [a.token_ids for a in alone]
+    assert [r.text for r in results] == [a.text for a in alone]
+
+
+def test_a_request_that_does_not_fit_the_running_cache_waits_for_the_next_batch(smollm):
+    batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
+    long = _start_long(batcher, "Hi.")  # a short prompt: the shared write slot starts low
+    before = smollm.stats.generate_calls
+    question = "Summarise this: " + "the cat sat on the mat. " * 40  # its prompt cannot end below the slot
+    late = batcher.submit(question, SHORT)
+    answer = late.result(timeout=300)
+    assert long.done()  # it had to wait for the long generation to end
+    assert smollm.stats.generate_calls - before == 1
+    batcher.close()
+    assert answer.token_ids == smollm.generate([question], SHORT)[0].token_ids
+
+
+def test_a_request_cancelled_while_waiting_never_runs(smollm):
+    batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
+    gate = threading.Event()
+    long = _start_long(batcher, gate=gate)  # the generating thread now waits at the gate
+    before = smollm.stats.joined_rows
+    cancelled = batcher.submit("What is 1 + 1?", SHORT)
+    assert cancelled.cancel()  # still waiting: nothing has taken it
+    kept = batcher.submit("What is 2 + 2?", SHORT)
+    gate.set()
+    kept.result(timeout=300)
+    long.result(timeout=300)
+    batcher.close()
+    assert cancelled.cancelled()
+    assert smollm.stats.joined_rows - before == 1
+
+
+def test_occupancy_counts_idle_rows(smollm):
+    stats = smollm.stats
+    row_steps, decoded = stats.row_steps, stats.decoded_tokens
+    smollm.generate(["Hi.", "Count from 1 to 50."], [GenerationConfig(max_new_tokens=2, ignore_eos=True), LONG])
+    spent, useful = stats.row_steps - row_steps, stats.decoded_tokens - decoded
+    # Row 1 idles after its second token until the batch compacts to one row.
+    assert 0 < useful < spent
+    assert useful == 1 + LONG.max_new_tokens - 1
