@@ -1,4 +1,4 @@
-"""The lean transport (aiohttp + orjson) ends every fault exactly as the official SDK path does.
+"""The lean transport (Ember's HTTP/1.1 client + orjson) ends every fault exactly as the SDK path does.
 
 The fault scenarios of ``test_model_service.py`` run once per transport; a raw socket server
 adds the one fault the loopback server cannot send (a 200 whose body is cut short), and

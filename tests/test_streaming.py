@@ -25,7 +25,7 @@ REMOTE = ("openai:gpt-4o", "anthropic:claude-3-5-haiku", "compat:llama-3-8b")
 @pytest.fixture(params=["sdk", "lean"])
 def remote(request, loopback_models):
     """The loopback fixture plus ``compat``, an ``openai_compatible`` provider on the same server;
-    all three providers on one transport (``sdk``: the official SDKs; ``lean``: SSE over aiohttp)."""
+    all three providers on one transport (``sdk``: the official SDKs; ``lean``: SSE over Ember's own HTTP client)."""
     transport = request.param
     loopback_models.config.update_config(
         "model_registry",

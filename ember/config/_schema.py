@@ -148,7 +148,7 @@ class ProviderConfig(_Model):
     max_concurrency: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
-    #: ``sdk`` (the official client) or ``lean`` (aiohttp + orjson, same typed errors; see
+    #: ``sdk`` (the official client) or ``lean`` (Ember's asyncio HTTP/1.1 client + orjson, same typed errors; see
     #: ``ember.models.providers._lean``). ``None``: ``lean`` for ``openai_compatible`` servers
     #: other than the official APIs, ``sdk`` for the ``openai`` and ``anthropic`` kinds.
     transport: Literal["sdk", "lean"] | None = None

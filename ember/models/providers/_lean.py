@@ -1,12 +1,13 @@
-"""The lean transport: OpenAI chat-completions and Anthropic messages over aiohttp + orjson.
+"""The lean transport: OpenAI chat-completions and Anthropic messages over Ember's HTTP/1.1 client + orjson.
 
 The official SDKs cost ~4-5 ms of client CPU per call (httpx, pydantic response models,
 retries and hooks we switch off anyway). Against a real API that is noise beside hundreds of
 milliseconds of latency; against a fast self-hosted server (vLLM, SGLang, Ollama, a loopback
 test server) it *is* the bottleneck. This transport posts the same JSON body the SDK would
-send, on one keep-alive ``aiohttp`` pool per adapter sized to the provider's concurrency
-limit, parses the reply with ``orjson`` into the same :class:`ProviderResult`, and maps
-every failure onto the same typed errors as :mod:`._sdk_errors`:
+send, on one keep-alive pool per adapter sized to the provider's concurrency limit
+(:mod:`._http`, a small HTTP/1.1 client on asyncio), parses the reply with ``orjson`` into
+the same :class:`ProviderResult`, and maps every failure onto the same typed errors as
+:mod:`._sdk_errors`:
 
 ========================================  ===============================================
 what happened                             error (``retryable``)
@@ -17,7 +18,11 @@ what happened                             error (``retryable``)
 404                                       ``ModelNotFoundError`` (no)
 other 4xx                                 ``ProviderError`` (no)
 timeout                                   ``ProviderTimeoutError`` (yes)
-refused / dropped connection              ``ProviderConnectionError`` (yes)
+refused / dropped connection              ``ProviderConnectionError`` (yes); a request on a
+                                          reused connection that got no byte back is first
+                                          sent once more on a new one (the keep-alive race)
+a reply that is not HTTP/1.x (status      ``ProviderConnectionError`` (yes)
+line, Content-Length, chunk size)
 200 whose body is cut short (fewer bytes  ``ProviderConnectionError`` (yes): it is a
 than its Content-Length, or a chunked     dropped connection, whatever the status said
 body never terminated)
@@ -30,8 +35,8 @@ a stream event that is not the expected   ``MalformedResponseError`` (no)
 JSON; an in-stream ``error`` event        its typed error (``overloaded_error``: yes)
 ========================================  ===============================================
 
-Streams (:meth:`LeanClient.stream`) are server-sent events read straight off the aiohttp
-response: :class:`SSEParser` splits the bytes into ``(event, data)`` pairs for both wire
+Streams (:meth:`LeanClient.stream`) are server-sent events read off the connection as the
+bytes arrive: :class:`SSEParser` splits the bytes into ``(event, data)`` pairs for both wire
 formats, and :class:`OpenAIStreamDecoder` / :class:`AnthropicStreamDecoder` turn those
 into text deltas and the final :class:`ProviderResult`. The response is closed in a
 ``finally``, so an abandoned stream closes its connection at once.
@@ -41,28 +46,33 @@ which no error or log line carries (and :class:`~ember.EmberError` redacts regis
 anyway).
 
 Choice of client and of the default, by measurement (``bench/bench_transport.py``, 2-core
-shared machine, loopback server in its own process at 0 ms latency, concurrency 64, best of
-3, client CPU per call in brackets)::
+machine shared with other work (load 3.5-4.7), loopback server in its own process at 0 ms
+latency, concurrency 64, best of 3, four runs and a fifth of sdk, lean and raw alone; client
+CPU per call in brackets)::
 
-    sdk (official openai client)     815 calls/s  (1.23 ms)
-    lean (this module, via adapter)  9,264-9,873  (0.10-0.11 ms)   = 11.4x the SDK
-    aiohttp used directly            10,870-11,044 (0.09 ms)
-    httpcore pool used directly      191          (5.2 ms: its pool's scheduling, not HTTP)
-    raw asyncio-streams client       25,600-26,900 (0.02-0.03 ms)  lean = 0.34-0.39 of it
+    sdk (official openai client)     366-651       (1.4-1.7 ms)
+    lean (this module, via adapter)  5,720-9,813   (0.04-0.07 ms)   = 14.6-22.9x the SDK
+    aiohttp used directly            2,975-5,860   (0.11-0.17 ms)
+    raw asyncio-streams client       7,082-13,558  (0.03-0.04 ms)   lean = 0.72-0.85 of it
 
-aiohttp (with its C HTTP parser) is the fastest of the two candidate clients by far, so the
-lean transport is aiohttp. The default is
-``lean`` for ``openai_compatible`` providers (self-hosted and third-party servers, where
-latency is low and client CPU is what limits throughput) and ``sdk`` for the ``openai`` and
-``anthropic`` kinds (the official APIs, whose latency dwarfs the SDK's cost, and whose SDKs
-follow API changes first). Any provider can choose with ``transport: sdk | lean``.
+Before :mod:`._http`, the lean transport was aiohttp (the faster of aiohttp and httpcore,
+whose pool costs ~5 ms of scheduling per call) and reached 0.34-0.39 of the raw client: a
+general client's machinery (URL objects, cookies, redirects, a stream reader per response)
+cost more than the HTTP. A client that only posts JSON and reads the answer, parsing in its
+protocol's ``data_received``, costs 1.2-1.8x the raw client's CPU per call (which parses no
+header but Content-Length and handles no error), adapter included.
+
+The default is ``lean`` for ``openai_compatible`` providers (self-hosted and third-party
+servers, where latency is low and client CPU is what limits throughput) and ``sdk`` for the
+``openai`` and ``anthropic`` kinds (the official APIs, whose latency dwarfs the SDK's cost,
+and whose SDKs follow API changes first). Any provider can choose with ``transport: sdk | lean``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -79,6 +89,7 @@ from ember.models._errors import (
 )
 from ember.models._types import ProviderResult
 from ember.models.providers._base import client_options
+from ember.models.providers._http import ConnectionLost, HTTPClient, HTTPError, Timeout
 from ember.models.providers._sdk_errors import is_request_validation_error, retry_after_seconds
 
 __all__ = [
@@ -429,28 +440,22 @@ async def stream_result(
     yield decoder.result()
 
 
-@contextlib.contextmanager
-def _typed_errors(aiohttp: Any, model_id: str, what: str) -> Iterator[None]:
-    """aiohttp's failures as the SDK path's typed errors; ``what`` names the body for a cut one
-    (the status line came, the body did not: Content-Length or chunking unmet, a dropped connection)."""
-    try:
-        yield
-    except ModelError:
-        raise
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise ProviderTimeoutError("request timed out", model_id=model_id, retryable=True) from None
-    except aiohttp.ClientPayloadError:
-        raise ProviderConnectionError(
-            f"connection failed: {what} was cut short", model_id=model_id, retryable=True
-        ) from None
-    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError) as exc:
-        raise ProviderConnectionError(
-            f"connection failed: {type(exc).__name__}", model_id=model_id, retryable=True
-        ) from None
+def _typed(error: HTTPError, model_id: str, what: str) -> ModelError:
+    """The HTTP client's failure as the SDK path's typed error; ``what`` names the body for a
+    cut one (the head came, the body did not all come: Content-Length or chunking unmet)."""
+    if isinstance(error, Timeout):
+        return ProviderTimeoutError("request timed out", model_id=model_id, retryable=True)
+    if isinstance(error, ConnectionLost) and error.cut:
+        return ProviderConnectionError(f"connection failed: {what} was cut short", model_id=model_id, retryable=True)
+    return ProviderConnectionError(f"connection failed: {error}", model_id=model_id, retryable=True)
+
+
+#: What a stream asks for instead of JSON.
+_SSE = (("accept", "text/event-stream"),)
 
 
 class LeanClient:
-    """One keep-alive HTTP/1.1 pool to one server; created and used on Ember's I/O loop.
+    """One keep-alive HTTP/1.1 pool to one server (:class:`._http.HTTPClient`); used on Ember's I/O loop.
 
     ``headers`` carry the credential: they are sent, never formatted into a message.
     """
@@ -465,64 +470,28 @@ class LeanClient:
         pool_size: int = 64,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._headers = {"content-type": "application/json", "accept": "application/json", **headers}
-        self._query = dict(query or {}) or None
         self._timeout = timeout
-        self._pool_size = max(1, int(pool_size))
-        self._session = None
-        self._urls: dict[str, Any] = {}
-        self._timeouts: dict[float, Any] = {}
+        self._http = HTTPClient(
+            self._base, {"content-type": "application/json", "accept": "application/json", **headers},
+            query=query, pool_size=pool_size,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         return f"LeanClient(base_url={self._base!r}, pool_size={self._pool_size})"
 
-    def _get_session(self):
-        if self._session is None:
-            import aiohttp
-
-            self._aiohttp = aiohttp
-            connector = aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=0, keepalive_timeout=30.0)
-            self._session = aiohttp.ClientSession(
-                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._session
-
-    def _url(self, path: str):
-        url = self._urls.get(path)
-        if url is None:  # parsed once per path: yarl's parsing is a fair share of a call's CPU
-            import yarl
-
-            url = yarl.URL(self._base + path)
-            if self._query:
-                url = url.update_query(self._query)
-            url = self._urls[path] = url
-        return url
-
-    def _timeout_of(self, seconds: float | None):
-        if not seconds or seconds == self._timeout:
-            return None  # the session's own
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            if len(self._timeouts) > 64:
-                self._timeouts.clear()
-            timeout = self._timeouts[seconds] = self._aiohttp.ClientTimeout(total=seconds)
-        return timeout
+    @property
+    def _pool_size(self) -> int:
+        return self._http.pool_size
 
     async def post(self, path: str, payload: dict[str, Any], *, model_id: str, timeout: float | None = None) -> bytes:
         """POST ``payload`` as JSON; the body of a 2xx answer, or the typed error of anything else."""
-        session = self._get_session()
-        aiohttp = self._aiohttp
-        extra = {} if (chosen := self._timeout_of(timeout)) is None else {"timeout": chosen}
-        with _typed_errors(aiohttp, model_id, "the response body"):
-            async with session.post(
-                self._url(path), data=orjson.dumps(payload), allow_redirects=False, **extra
-            ) as response:
-                body = await response.read()
-                status = response.status
-                if 200 <= status < 300:
-                    return body
-                raise map_status(status, body, response.headers, model_id)
+        try:
+            response = await self._http.post(path, orjson.dumps(payload), timeout=timeout or self._timeout)
+        except HTTPError as error:
+            raise _typed(error, model_id, "the response body") from None
+        if 200 <= response.status < 300:
+            return response.body
+        raise map_status(response.status, response.body, response.headers, model_id)
 
     async def stream(
         self, path: str, payload: dict[str, Any], *, model_id: str
@@ -530,56 +499,38 @@ class LeanClient:
         """POST ``payload`` and read the answer as server-sent events: ``(event, data)`` pairs.
 
         An error status raises :func:`map_status`'s error before any event; a connection that
-        drops mid-body raises a retryable :class:`ProviderConnectionError`. No overall deadline
-        (the service bounds the wait for each item). The response is closed in a ``finally``:
-        closing or cancelling this generator closes the connection at once.
+        drops mid-body raises a retryable :class:`ProviderConnectionError`. Only connecting is
+        bounded in time (by the client's timeout): the service bounds the wait for each item.
+        The response is closed in a ``finally``: closing or cancelling this generator closes
+        the connection at once (one read to its end goes back to the pool).
         """
-        session = self._get_session()
-        aiohttp = self._aiohttp
         response = None
-        finished = False
         try:
-            with _typed_errors(aiohttp, model_id, "the stream"):
-                response = await session.post(
-                    self._url(path), data=orjson.dumps(payload), allow_redirects=False,
-                    headers={"accept": "text/event-stream"}, timeout=_stream_timeout(aiohttp, self._timeout),
-                )  # fmt: skip
+            try:
+                response = await self._http.open(path, orjson.dumps(payload), headers=_SSE,
+                                                 connect_timeout=self._timeout)  # fmt: skip
                 if not 200 <= response.status < 300:
                     raise map_status(response.status, await response.read(), response.headers, model_id)
                 parser = SSEParser()
-                async for chunk in response.content.iter_any():
+                while chunk := await response.read_chunk():
                     for event in parser.feed(chunk):
                         yield event
                 # An event left unterminated at the end is dropped (the SSE rule): the decoder then
                 # finds its stream ended early, a truncation.
-                finished = True
+            except HTTPError as error:
+                raise _typed(error, model_id, "the stream") from None
         finally:
             if response is not None:
-                if finished:
-                    response.release()  # read to the end: the connection goes back to the pool
-                else:
-                    response.close()  # abandoned or broken: drop the connection now
+                response.close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        await self._http.aclose()
 
     def __del__(self, _suppress=contextlib.suppress) -> None:  # bound now: at exit module globals may be gone
         # A program that ends without ``ModelService.close()`` drops its adapters unclosed, as it
-        # may with the SDK's httpx client, which is silent; aiohttp would log "Unclosed client
-        # session" / "Unclosed connector" instead. Close the sockets here, quietly.
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            connector = session.connector
-            session.detach()
-            with _suppress(Exception):
-                connector._close()  # what the connector's own __del__ does, minus the warning
-
-
-def _stream_timeout(aiohttp, connect: float):
-    """A stream's timeout: none overall (the service bounds each item's wait), ``connect`` to connect."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
+        # may with the SDK's httpx client, which is silent: close the sockets, as quietly.
+        with _suppress(Exception):
+            self._http.close()
 
 
 def client_for(settings, base_url_env: str | None, default_url: str, auth: Mapping[str, str]) -> LeanClient:

@@ -111,7 +111,7 @@ class AnthropicProvider(Provider):
     async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
         """SSE via ``messages.create(stream=True)``: text from ``content_block_delta``, input
         tokens from ``message_start``, output tokens and stop reason from ``message_delta``;
-        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over aiohttp."""
+        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over Ember's own HTTP client."""
         if self._lean:
             payload = _lean.lean_body(self._payload(request))
             payload["stream"] = True

@@ -166,7 +166,7 @@ class OpenAIProvider(Provider):
 
     async def astream(self, request: ChatRequest) -> AsyncIterator[str | ProviderResult]:
         """SSE via the SDK (``stream=True``, ``stream_options.include_usage`` for exact usage);
-        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over aiohttp."""
+        the contract is :meth:`Provider.astream`'s. On the lean transport, SSE over Ember's own HTTP client."""
         payload = self._payload(request)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
