@@ -228,3 +228,35 @@ def test_a_system_raising_cancelled_on_its_own_fails_only_that_item():
     items = [DatasetItem(str(i), f"q{i}", "a") for i in range(6)]
     results = EvaluationPipeline(items, [ExactMatchEvaluator()], system, progress=False).evaluate()
     assert results.n_items == 6 and results.n_errors == 1 and "Cancelled" in results.records[3].error
+
+
+def test_items_that_finish_together_share_one_commit_and_every_one_is_journaled(tmp_path, monkeypatch):
+    """Group commit: 40 items released at once are written in far fewer transactions than items."""
+    commits: list[int] = []
+    write = Journal.write
+
+    def counting(journal, *records):
+        commits.append(len(records))
+        return write(journal, *records)
+
+    monkeypatch.setattr(Journal, "write", counting)
+    release = asyncio.Event()
+    arrived = 0
+
+    async def system(prompt: str) -> str:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 40:
+            release.set()
+        await release.wait()
+        return "a"
+
+    items = [DatasetItem(str(i), f"q{i}", "a") for i in range(40)]
+    path = tmp_path / "j.sqlite"
+    results = EvaluationPipeline(items, [ExactMatchEvaluator()], system, concurrency=40, journal=path, progress=False).evaluate()
+    assert (results.n_items, results.n_errors) == (40, 0)
+    assert sum(commits) == 40 and len(commits) < 40
+    assert Journal(path).finished("system") == {str(i) for i in range(40)}
+    commits.clear()  # resumed: every item is committed already, so nothing is written again
+    again = EvaluationPipeline(items, [ExactMatchEvaluator()], system, concurrency=40, journal=path, progress=False).evaluate()
+    assert again.n_items == 40 and commits == []

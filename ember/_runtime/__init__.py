@@ -9,6 +9,7 @@ from ember._runtime._ray import RAY_EXTRA, RayNotInstalledError, connect_ray, re
 from ember._runtime._redact import install_log_redaction, redact, register_secret
 from ember._runtime._scope import Cancelled, CancelScope, check_cancelled, current_scope, open_scope
 from ember._runtime._taskgroup import TaskGroup
+from ember._runtime._threads import to_thread, use_threads
 from ember._runtime._usage import UsageScope, UsageStats, current_usage_scope
 
 __all__ = [
@@ -35,4 +36,6 @@ __all__ = [
     "require_ray",
     "run_on_io_loop",
     "submit",
+    "to_thread",
+    "use_threads",
 ]

@@ -78,6 +78,16 @@ class JournalInUseError(JournalError):
     """Another run (another process, or another run in this one) is using the journal."""
 
 
+def _record_to_row(record: ItemRecord) -> tuple[Any, ...]:
+    """A record as the values of one row of ``records``, in ``_COLUMNS`` order."""
+    return (
+        record.system, record.item_id, record.position, record.output,
+        json.dumps(dict(record.scores)), json.dumps(dict(record.correct)), json.dumps(dict(record.details), default=str),
+        record.latency_s, record.cost_usd, record.input_tokens, record.output_tokens,
+        record.calls, record.attempts, record.error,
+    )  # fmt: skip
+
+
 def _row_to_record(row: tuple[Any, ...]) -> ItemRecord:
     system, item_id, position, output, scores, correct, details, latency, cost, tin, tout, calls, attempts, error = row
     return ItemRecord(
@@ -307,16 +317,25 @@ class Journal:
         )
 
     # -- records -------------------------------------------------------------------------------
-    def write(self, record: ItemRecord) -> None:
-        """Commit one record (replacing an earlier error for the same item)."""
-        values = (
-            record.system, record.item_id, record.position, record.output,
-            json.dumps(dict(record.scores)), json.dumps(dict(record.correct)), json.dumps(dict(record.details), default=str),
-            record.latency_s, record.cost_usd, record.input_tokens, record.output_tokens,
-            record.calls, record.attempts, record.error,
-        )  # fmt: skip
+    def write(self, *records: ItemRecord) -> None:
+        """Commit records, all or none, in one transaction (each replaces an earlier error for its item).
+
+        One commit costs about 50 us of the caller's time whatever it holds, so a group is
+        far cheaper per record than one commit each.
+        """
+        rows = [_record_to_row(record) for record in records]
+        insert = f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
         with self._db() as conn:
-            conn.execute(f"INSERT OR REPLACE INTO records ({_COLUMNS}) VALUES ({', '.join('?' * 14)})", values)
+            if len(rows) == 1:
+                conn.execute(insert, rows[0])
+                return
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(insert, rows)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def finished(self, system: str) -> set[str]:
         """Ids of the items ``system`` completed without error."""

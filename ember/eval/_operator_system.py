@@ -1,8 +1,9 @@
 """NON operators as evaluated systems.
 
-Operators are synchronous (an ensemble submits its calls to the shared I/O loop and waits
-on them), so each item in flight occupies one thread that only waits; the calls
-themselves are native async on the I/O loop and share its one budget.
+Each item awaits ``operator.acall``. The built-in operators await their model calls
+natively, so on the I/O loop (where the pipeline runs items) an ensemble + judge item
+costs no thread and no crossing between loops; an operator with only a synchronous
+``forward`` runs it on a worker thread (see :meth:`ember.operators.Operator.aforward`).
 
 Cost needs no wiring here: the pipeline runs each item inside a usage scope
 (:class:`ember._runtime.UsageScope`) that every model call reports to, however the
@@ -11,8 +12,6 @@ operator was built and whatever service its parts were given.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -64,17 +63,13 @@ class OperatorSystem:
         operator = build_graph(parse_notation(notation), model_service=service)
         return cls(operator, name=name or notation, spec=f"non:{notation}")
 
-    def _call(self, prompt: str) -> SystemOutput:
+    async def arun(self, prompt: str) -> SystemOutput:
         from ember.operators import InvalidOutputError
 
         try:
-            return SystemOutput(_answer(self.operator(inputs={"query": prompt})))
+            return SystemOutput(_answer(await self.operator.acall(inputs={"query": prompt})))
         except InvalidOutputError as error:  # a model's output was unusable: this item failed
             raise SystemFailure(str(error)) from error
-
-    async def arun(self, prompt: str) -> SystemOutput:
-        context = contextvars.copy_context()  # the item's usage and cancel scopes reach the thread
-        return await asyncio.get_running_loop().run_in_executor(None, context.run, self._call, prompt)
 
     def __repr__(self) -> str:
         return f"OperatorSystem({self.name!r})"

@@ -16,6 +16,7 @@ from typing import Any
 
 from ember.data import Dataset, DatasetItem
 from ember.eval._evaluator import Evaluator
+from ember.eval._hosted import Hosted
 from ember.eval._journal import Journal
 from ember.eval._resolve import as_system
 from ember.eval._results import EvaluationResults
@@ -72,7 +73,8 @@ class EvaluationPipeline:
         return run_sync(self._run)[self.system.name]
 
     async def aevaluate(self) -> EvaluationResults:
-        return (await self._run.run())[self.system.name]
+        """:meth:`evaluate`, awaitable from any event loop: the items run on Ember's I/O loop."""
+        return (await Hosted(self._run.run()).wait())[self.system.name]
 
 
 def compare_systems(

@@ -22,7 +22,6 @@ Design, and why:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import copy
 import dataclasses
 import itertools
@@ -32,6 +31,7 @@ import uuid
 from typing import Any
 
 from ember._runtime import connect_ray
+from ember.eval._hosted import Hosted
 from ember.eval._progress import ProgressDisplay
 from ember.eval._record import ItemRecord
 from ember.models import BudgetExceededError, ClusterBudget, join_budget, share_budget
@@ -122,8 +122,6 @@ async def _window(run: Any, run_key: str, window: list[tuple[int, Any, str]]) ->
     import ray
 
     ledger = ray.get_actor(LEDGER_NAME)
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(run.concurrency))
     known = await ledger.take.remote(run_key, [(name, item.id) for _, item, name in window], os.getpid())
     gate = asyncio.Semaphore(run.concurrency)
 
@@ -135,13 +133,14 @@ async def _window(run: Any, run_key: str, window: list[tuple[int, Any, str]]) ->
             await ledger.put.remote(run_key, record)  # before anything else: a retry must not call it again
         return record
 
-    return list(await asyncio.gather(*(one(*unit) for unit in window)))
+    with run.threads():
+        return list(await asyncio.gather(*(one(*unit) for unit in window)))
 
 
 def _evaluate_window(run_key: str, payload: _Payload, window: list[tuple[int, Any, str]]) -> list[ItemRecord]:
     """One Ray task: score ``window`` in this worker, return its records (the driver commits them)."""
     run = _prepare(run_key, payload)
-    return asyncio.run(_window(run, run_key, window))
+    return Hosted(_window(run, run_key, window)).result()  # on the I/O loop: the items' calls cross no loop
 
 
 # -- driver side ----------------------------------------------------------------------------

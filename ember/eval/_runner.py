@@ -29,6 +29,11 @@ Design, and why:
   over the mesh's batch axis. Sharding moves rows, not arithmetic: greedy answers equal
   the unsharded ones, so the mesh is not part of the run's identity and a run started
   on one device resumes on eight (or the reverse).
+- *On the I/O loop.* :func:`run_sync` runs the items on Ember's I/O loop, where every
+  model call is made: a model-id system or an operator with native ``aforward`` (the
+  built-in ones) awaits its calls there with no thread and no crossing between loops.
+  Synchronous code (a sync function, an operator with only ``forward``) runs on a pool of
+  worker threads sized to the item concurrency (:meth:`Run.threads`).
 """
 
 from __future__ import annotations
@@ -49,10 +54,12 @@ from typing import Any
 
 import numpy as np
 
-from ember._runtime import CancelScope, EmberError, UsageScope, open_scope, redact
+from ember._runtime import CancelScope, EmberError, UsageScope, on_io_loop, open_scope, redact, use_threads
 from ember.data import Dataset, DatasetError, DatasetItem
 from ember.eval._budget import CostBudget
+from ember.eval._commits import GroupCommit
 from ember.eval._evaluator import Evaluator
+from ember.eval._hosted import Hosted
 from ember.eval._journal import IDENTITY_FORMAT, Journal
 from ember.eval._metrics import bootstrap_ci, percentiles
 from ember.eval._progress import ProgressDisplay
@@ -396,11 +403,24 @@ class Run:
 
         return use_mesh(self.mesh)
 
+    @contextlib.contextmanager
+    def threads(self) -> Iterator[concurrent.futures.Executor]:
+        """Worker threads for the items' synchronous code, sized to the items in flight (not the CPUs).
+
+        Started only when used: a run whose systems are all async starts none.
+        """
+        pool = concurrent.futures.ThreadPoolExecutor(self.concurrency, thread_name_prefix="ember-eval")
+        try:
+            with use_threads(pool):
+                yield pool
+        finally:
+            pool.shutdown(wait=False)
+
     async def run(self) -> dict[str, EvaluationResults]:
         started = time.perf_counter()
         self.open()
         try:
-            with fewer_collections():
+            with fewer_collections(), self.threads():
                 if self.backend == "ray":  # imports Ray: only runs that ask for it pay for it
                     from ember.eval._ray_backend import run_on_ray
 
@@ -420,6 +440,7 @@ class Run:
         units = self._units(done)
         total = len(self.dataset) * len(self.systems)
         display = ProgressDisplay(total, stats=self.stats, budget=self.budget, enabled=self.progress_enabled)
+        journal = GroupCommit(self.journal)
 
         async def worker() -> None:
             nonlocal budget_stop
@@ -436,7 +457,7 @@ class Run:
                 except BudgetExceededError as error:
                     self.stopped = str(error)
                     return
-                self.journal.write(record)
+                await journal.commit(record)
                 if self.budget is not None:
                     self.budget.charge(record.cost_usd)
                 display.advance(record)
@@ -539,16 +560,13 @@ def fewer_collections() -> Iterator[None]:
 
 
 def run_sync(run: Run) -> dict[str, EvaluationResults]:
-    async def main() -> dict[str, EvaluationResults]:
-        # Sync systems run on threads; size the pool to the item concurrency, not the CPU count.
-        asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(run.concurrency))
-        return await run.run()
+    """Run ``run`` on Ember's I/O loop and wait for its results (from any thread but that loop's).
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(main())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from a running loop (a notebook)
-        return pool.submit(asyncio.run, main()).result()
+    An interrupt of the wait (Ctrl-C) cancels the run -- every item's calls -- and waits
+    briefly for it to wind down, so the journal is released before the interrupt propagates.
+    """
+    if on_io_loop():
+        raise RuntimeError("run_sync would deadlock on Ember's I/O loop; await run.run() there instead")
+    return Hosted(run.run()).result()
 
 

@@ -4,8 +4,9 @@ A system is a model id (one call), a NON operator or compact-notation string (a 
 of calls), or a plain function. The pipeline awaits ``system.arun(prompt)`` for each item;
 model calls inside go through the shared :class:`ModelService`, whose I/O loop holds the
 process-wide concurrency and rate budget — the pipeline only decides how many *items* are
-in flight, never how many calls. A synchronous function runs on a thread (in a copy of the
-item's context), so it cannot stall the other items.
+in flight, never how many calls. A synchronous function runs on a worker thread (in a copy
+of the item's context, see :func:`ember._runtime.to_thread`), so it cannot stall the other
+items; a model-id system awaits the service directly (on the I/O loop: no crossing).
 
 What an item cost is measured, not reported: the pipeline runs each item in a usage scope
 (:class:`ember._runtime.UsageScope`) that every model call reports to. A system's own
@@ -15,15 +16,12 @@ some other API and knows its cost).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import contextvars
 import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ember._runtime import EmberError, UsageStats
+from ember._runtime import EmberError, UsageStats, to_thread
 from ember.models import ModelResponse
 
 if TYPE_CHECKING:
@@ -98,22 +96,19 @@ class ModelSystem:
 class FunctionSystem:
     """A function ``prompt -> str | ModelResponse | SystemOutput``, sync or async.
 
-    Sync functions run on ``executor`` (the pipeline passes one sized to its concurrency).
+    Sync functions run on a worker thread (the pipeline's pool, sized to its concurrency).
     """
 
     def __init__(self, fn: Callable[[str], Any], *, name: str | None = None) -> None:
         self.fn = fn
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
         self.spec = f"function:{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', self.name)}"
-        self.executor: concurrent.futures.Executor | None = None
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     async def arun(self, prompt: str) -> SystemOutput:
         if self._is_async:
             return SystemOutput.of(await self.fn(prompt))
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()  # the item's usage and cancel scopes reach the thread
-        return SystemOutput.of(await loop.run_in_executor(self.executor, context.run, self.fn, prompt))
+        return SystemOutput.of(await to_thread(self.fn, prompt))  # the item's scopes reach the thread
 
     def __repr__(self) -> str:
         return f"FunctionSystem({self.name!r})"

@@ -7,7 +7,8 @@ with ``num_calls``; :func:`estimate_num_calls` predicts a good number from a few
 
 Both are compositions of operators called through ``__call__`` (sample, filter, vote), so
 an execution engine can trace them; within a step, all samples and all checks are
-submitted together through the models layer.
+submitted together through the models layer. Awaited (``acall``), the same steps are
+awaited through the parts' ``acall``, with no thread.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ember.operators import (
     Operator,
     Specification,
     Verifier,
+    VerifierOutput,
     register_operator,
 )
 
@@ -54,10 +56,19 @@ class Filter(LMOperator[CandidatesInput, EnsembleOutput]):
     specification = FilterSpecification()
 
     def forward(self, *, inputs: CandidatesInput) -> EnsembleOutput:
-        checks = [{"query": inputs.query, "candidate_answer": answer} for answer in inputs.responses]
-        verdicts = self.lm.generate_all(Verifier.specification, checks)
-        kept = [answer for answer, check in zip(inputs.responses, verdicts) if check.verdict]
-        return EnsembleOutput(responses=kept or inputs.responses)
+        return _kept(inputs, self.lm.generate_all(Verifier.specification, _checks(inputs)))
+
+    async def aforward(self, *, inputs: CandidatesInput) -> EnsembleOutput:
+        return _kept(inputs, await self.lm.agenerate_all(Verifier.specification, _checks(inputs)))
+
+
+def _checks(inputs: CandidatesInput) -> list[dict[str, str]]:
+    return [{"query": inputs.query, "candidate_answer": answer} for answer in inputs.responses]
+
+
+def _kept(inputs: CandidatesInput, verdicts: list[VerifierOutput]) -> EnsembleOutput:
+    kept = [answer for answer, check in zip(inputs.responses, verdicts) if check.verdict]
+    return EnsembleOutput(responses=kept or inputs.responses)
 
 
 @register_operator
@@ -82,6 +93,10 @@ class Vote(Operator[EnsembleInput, MostCommonOutput]):
     def forward(self, *, inputs: EnsembleInput) -> MostCommonOutput:
         samples = self.ensemble(inputs=inputs)
         return self.aggregate(inputs=samples)
+
+    async def aforward(self, *, inputs: EnsembleInput) -> MostCommonOutput:
+        samples = await self.ensemble.acall(inputs=inputs)
+        return await self.aggregate.acall(inputs=samples)
 
 
 @register_operator
@@ -113,3 +128,8 @@ class FilterVote(Operator[EnsembleInput, MostCommonOutput]):
         samples = self.ensemble(inputs=inputs)
         kept = self.filter(query=inputs.query, responses=samples.responses)
         return self.aggregate(inputs=kept)
+
+    async def aforward(self, *, inputs: EnsembleInput) -> MostCommonOutput:
+        samples = await self.ensemble.acall(inputs=inputs)
+        kept = await self.filter.acall(query=inputs.query, responses=samples.responses)
+        return await self.aggregate.acall(inputs=kept)

@@ -73,3 +73,6 @@ class MostCommon(Operator[MostCommonInput, MostCommonOutput]):
 
     def forward(self, *, inputs: MostCommonInput) -> MostCommonOutput:
         return MostCommonOutput(final_answer=majority_vote(inputs.responses))
+
+    async def aforward(self, *, inputs: MostCommonInput) -> MostCommonOutput:
+        return self.forward(inputs=inputs)  # a few microseconds of counting: a thread would cost more

@@ -64,6 +64,13 @@ are validated into the specification's input model before ``forward`` runs and t
 into its structured output after, so ``forward`` sees and returns typed models. Operators
 call sub-operators through ``__call__`` too, which is the one place an execution engine
 needs to intercept to trace a graph of operator calls.
+
+Awaiting: ``await op.acall(inputs=...)`` validates the same way and awaits
+``aforward``. By default ``aforward`` runs ``forward`` on a worker thread (in a copy of
+the caller's context, so usage and cancel scopes reach it), so every operator can be
+awaited as written. Operators whose work is waiting on models (ensembles, judges,
+pipelines of them) override ``aforward`` to await their calls on the loop instead: an
+evaluation running on Ember's I/O loop then spends no thread and no loop crossing on them.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ import jax
 import numpy as np
 from pydantic import BaseModel
 
+from ember._runtime import to_thread
 from ember.operators._annotations import mentions
 from ember.operators._field import declared_static
 from ember.operators._intercept import current_hook, intercept_calls
@@ -250,26 +258,55 @@ class Operator(Generic[InT, OutT], metaclass=_OperatorMeta):
     def forward(self, *, inputs: InT) -> OutT:
         """The computation, on validated inputs; call sub-operators through ``__call__``."""
 
+    async def aforward(self, *, inputs: InT) -> OutT:
+        """``forward``, awaitable: by default on a worker thread, in a copy of the caller's context.
+
+        Override it when the work is awaiting models (call sub-operators through
+        :meth:`acall`, models through ``LMModule``'s async methods): the operator then runs on
+        the caller's event loop with no thread at all.
+        """
+        return await to_thread(self.forward, inputs=inputs)
+
     def __call__(self, *, inputs: Mapping[str, Any] | BaseModel | Any = None, **fields: Any) -> OutT:
-        if inputs is not None and fields:
-            raise TypeError(f"{type(self).__name__}: pass inputs= or keyword fields, not both")
-        raw = fields if inputs is None else inputs
+        raw = self._raw(inputs, fields)
         hook = current_hook()
         if hook is not None:  # the execution engine is recording or rescheduling calls
             return hook(self, raw, self._call_unhooked)
         return self._call(raw)
+
+    async def acall(self, *, inputs: Mapping[str, Any] | BaseModel | Any = None, **fields: Any) -> OutT:
+        """``__call__``, awaitable: the same validation of inputs and output around :meth:`aforward`.
+
+        Under an execution engine's hook (``ember.xcs`` tracing), the call is handed to the
+        hook through ``__call__`` on a worker thread, so the engine sees it as ever.
+        """
+        raw = self._raw(inputs, fields)
+        if current_hook() is not None:
+            return await to_thread(self.__call__, inputs=raw)
+        return self._output(await self.aforward(inputs=self._inputs(raw)))
+
+    def _raw(self, inputs: Any, fields: dict[str, Any]) -> Any:
+        if inputs is not None and fields:
+            raise TypeError(f"{type(self).__name__}: pass inputs= or keyword fields, not both")
+        return fields if inputs is None else inputs
 
     def _call_unhooked(self, raw: Any) -> OutT:
         with intercept_calls(None):
             return self._call(raw)
 
     def _call(self, raw: Any) -> OutT:
+        return self._output(self.forward(inputs=self._inputs(raw)))
+
+    def _inputs(self, raw: Any) -> Any:
+        """``raw`` as ``forward`` sees it: validated into the input model, or a :class:`Record`."""
         spec = self.specification
         if spec is not None:
-            return spec.validate_output(self.forward(inputs=spec.validate_inputs(raw)))
-        if isinstance(raw, Mapping):
-            raw = Record.model_validate(raw)
-        return self.forward(inputs=raw)
+            return spec.validate_inputs(raw)
+        return Record.model_validate(raw) if isinstance(raw, Mapping) else raw
+
+    def _output(self, output: Any) -> OutT:
+        spec = self.specification
+        return output if spec is None else spec.validate_output(output)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if _LAYOUT in self.__dict__:

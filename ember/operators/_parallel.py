@@ -6,7 +6,8 @@ it has none, its ``responses``. Branches run at once in a :class:`~ember._runtim
 (on the runtime's shared worker threads, each in a copy of the caller's context, so
 context-local settings reach every branch); the model calls themselves share the models
 layer's one budget, so nesting does not multiply the number of requests in flight. A
-failing branch cancels its siblings' calls.
+failing branch cancels its siblings' calls. Awaited (``acall``), the branches' ``acall``
+are awaited together on the caller's loop instead, with the same cancellation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from ember._runtime import TaskGroup
 from ember.operators._ensemble import EnsembleOutput
 from ember.operators._errors import InvalidOutputError
+from ember.operators._gather import gather
 from ember.operators._operator import Operator
 from ember.operators._registry import register_operator
 from ember.operators._sequential import as_fields
@@ -49,7 +51,13 @@ class Parallel(Operator[Any, EnsembleOutput]):
     def forward(self, *, inputs: Any) -> EnsembleOutput:
         with TaskGroup() as group:
             outputs = [group.spawn(branch.__call__, inputs=inputs) for branch in self.branches]
+        return self._pool([output.result() for output in outputs])
+
+    async def aforward(self, *, inputs: Any) -> EnsembleOutput:
+        return self._pool(await gather(branch.acall(inputs=inputs) for branch in self.branches))
+
+    def _pool(self, outputs: Sequence[Any]) -> EnsembleOutput:
         responses = []
         for k, (branch, output) in enumerate(zip(self.branches, outputs)):
-            responses += _answers(output.result(), f"branch {k} ({type(branch).__name__})")
+            responses += _answers(output, f"branch {k} ({type(branch).__name__})")
         return EnsembleOutput(responses=responses)

@@ -60,6 +60,12 @@ class SelectBest(LMOperator[CandidatesInput, SelectBestOutput]):
     _choice = _ChoiceSpecification()
 
     def forward(self, *, inputs: CandidatesInput) -> SelectBestOutput:
-        choice = self.lm.generate(self._choice, inputs)
-        index = choice.best_candidate - 1
-        return SelectBestOutput(final_answer=inputs.responses[index], index=index, reasoning=choice.reasoning)
+        return _chosen(inputs, self.lm.generate(self._choice, inputs))
+
+    async def aforward(self, *, inputs: CandidatesInput) -> SelectBestOutput:
+        return _chosen(inputs, await self.lm.agenerate(self._choice, inputs))
+
+
+def _chosen(inputs: CandidatesInput, choice: _Choice) -> SelectBestOutput:
+    index = choice.best_candidate - 1
+    return SelectBestOutput(final_answer=inputs.responses[index], index=index, reasoning=choice.reasoning)

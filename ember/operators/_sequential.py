@@ -18,7 +18,8 @@ Offline, with Ember's loopback server (:mod:`ember.testing`) in place of the pro
 >>> server.close()
 
 A ``non.JudgeSynthesis(model_name=...)`` in place of ``MostCommon`` receives both the
-ensemble's ``responses`` and the original ``query``.
+ensemble's ``responses`` and the original ``query``. Awaited (``acall``), each stage is
+awaited through its own ``acall``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,20 @@ class Sequential(Operator[Any, Any]):
         carried = as_fields(inputs, "Sequential's caller")
         output: Any = None
         for k, op in enumerate(self.operators):
-            if k:
-                carried |= as_fields(output, f"stage {k - 1} ({type(self.operators[k - 1]).__name__})")
+            carried = self._carry(carried, k, output)
             output = op(inputs=carried)
         return output
+
+    async def aforward(self, *, inputs: Any) -> Any:
+        carried = as_fields(inputs, "Sequential's caller")
+        output: Any = None
+        for k, op in enumerate(self.operators):
+            carried = self._carry(carried, k, output)
+            output = await op.acall(inputs=carried)
+        return output
+
+    def _carry(self, carried: dict[str, Any], k: int, output: Any) -> dict[str, Any]:
+        """Stage ``k``'s inputs: ``carried`` with stage ``k - 1``'s ``output`` merged in."""
+        if k:
+            carried |= as_fields(output, f"stage {k - 1} ({type(self.operators[k - 1]).__name__})")
+        return carried

@@ -112,7 +112,12 @@ class Specification(Generic[InT, OutT]):
 
     def output_schema(self) -> dict[str, Any]:
         """JSON schema of the structured output (a fresh copy: callers may change it)."""
-        return copy.deepcopy(_json_schema(self._output_model()))
+        return copy.deepcopy(self._request_schema())
+
+    def _request_schema(self) -> dict[str, Any]:
+        """The schema itself, shared, for requests (which never change it): a copy per call cost
+        as much CPU as the rest of a judge's prompt building."""
+        return _json_schema(self._output_model())
 
     def output_instructions(self) -> str:
         """What to append to a prompt so the model answers with parseable JSON."""

@@ -2,7 +2,8 @@
 
 Both see the original query next to every candidate -- a judge that sees only the
 candidates cannot tell which of them answers the question. In a :class:`Sequential`
-after an ensemble, the query is carried forward to them automatically.
+after an ensemble, the query is carried forward to them automatically. Both await their
+one call natively when awaited (``acall``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class JudgeSynthesis(LMOperator[CandidatesInput, JudgeSynthesisOutput]):
     def forward(self, *, inputs: CandidatesInput) -> JudgeSynthesisOutput:
         return self.lm.generate(self.specification, inputs)
 
+    async def aforward(self, *, inputs: CandidatesInput) -> JudgeSynthesisOutput:
+        return await self.lm.agenerate(self.specification, inputs)
+
 
 @register_operator
 class Synthesis(LMOperator[CandidatesInput, SynthesisOutput]):
@@ -76,3 +80,6 @@ class Synthesis(LMOperator[CandidatesInput, SynthesisOutput]):
 
     def forward(self, *, inputs: CandidatesInput) -> SynthesisOutput:
         return SynthesisOutput(final_answer=self.lm(self.specification.render_prompt(inputs)).strip())
+
+    async def aforward(self, *, inputs: CandidatesInput) -> SynthesisOutput:
+        return SynthesisOutput(final_answer=(await self.lm.acall(self.specification.render_prompt(inputs))).strip())

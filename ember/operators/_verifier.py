@@ -48,3 +48,6 @@ class Verifier(LMOperator[VerifierInput, VerifierOutput]):
 
     def forward(self, *, inputs: VerifierInput) -> VerifierOutput:
         return self.lm.generate(self.specification, inputs)
+
+    async def aforward(self, *, inputs: VerifierInput) -> VerifierOutput:
+        return await self.lm.agenerate(self.specification, inputs)
