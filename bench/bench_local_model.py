@@ -16,13 +16,29 @@ time against the memory-bandwidth bound: every step reads every weight once (byt
 parameter bytes), so ``bound = parameter bytes / bandwidth``. With ``--precisions``, the model is loaded and measured once per
 precision (default: :func:`ember.local.default_precision`), and a closing table puts their
 decode tok/s side by side.
+
+Two comparisons close the run:
+
+- ``--llama-cpp PYTHON``: llama.cpp on the same GGUF file and the same prompt token ids, in
+  this sitting, by ``bench/_llama_cpp.py`` run with ``PYTHON`` (a separate venv with
+  ``llama-cpp-python``; never the project's), ``--llama-threads`` threads (default 2).
+  Prints Ember / llama.cpp decode tok/s per batch size (issue 14's goals: >= 0.5x at batch
+  1, >= 1x at batch 8).
+- ``--first-token``: time to the first token of an 8-request burst through the
+  micro-batcher in a fresh process: with an empty compilation cache (cold), again with the
+  cache that run left (warm cache, new process), and a second burst in the same process
+  (warm).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 from _local import story_prompts, timed
@@ -62,7 +78,12 @@ def main() -> None:
     parser.add_argument(
         "--precisions", default=None, help="comma-separated weight precisions: float32, bfloat16, int8 (default: the default)"
     )
+    parser.add_argument("--llama-cpp", metavar="PYTHON", default=None, help="a Python with llama-cpp-python, to compare")
+    parser.add_argument("--llama-threads", type=int, default=2)
+    parser.add_argument("--first-token", action="store_true", help="time to first token, cold and warm")
     args = parser.parse_args()
+    if args.first_token:
+        first_token(args.model)
 
     start = time.perf_counter()
     import jax
@@ -86,6 +107,73 @@ def main() -> None:
         print(f"{'e2e tok/s':>12}")
         for precision, (rates, _) in summary.items():
             print(f"{precision:>12} " + " ".join(f"{rates[b][2]:>9.1f}" for b in batches))
+    if args.llama_cpp:
+        against_llama_cpp(args, batches, summary)
+
+
+def against_llama_cpp(args, batches: list[int], summary: dict) -> None:
+    """llama.cpp's decode tok/s on the same file and prompt tokens, and Ember's ratio to it."""
+    from ember.local import load_model
+
+    model = load_model(args.model)
+    job = {
+        "model": str(model.path),
+        "prompts": {b: [model.encode(p) for p in story_prompts(b)] for b in batches},
+        "new_tokens": args.new_tokens,
+        "threads": args.llama_threads,
+        "repeats": args.repeats,
+    }
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_llama_cpp.py")
+    done = subprocess.run(
+        [args.llama_cpp, script], input=json.dumps(job), capture_output=True, text=True, check=False, timeout=3600
+    )
+    if done.returncode != 0:
+        print(f"\nllama.cpp run failed ({done.returncode}): {done.stderr.strip()[-600:]}")
+        return
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nllama.cpp (llama-cpp-python {found['version']}, {args.llama_threads} threads, same GGUF and prompt tokens)")
+    print(f"{'decode tok/s':>12} " + " ".join(f"{'batch ' + str(b):>9}" for b in batches))
+    llama = {}
+    for b in batches:
+        prefill, total = found["best"][str(b)]
+        llama[b] = b * (args.new_tokens - 1) / max(total - prefill, 1e-9)
+    print(f"{'llama.cpp':>12} " + " ".join(f"{llama[b]:>9.1f}" for b in batches))
+    for precision, (rates, _) in summary.items():
+        print(f"{'ember/' + precision[:6]:>12} " + " ".join(f"{rates[b][1] / llama[b]:>8.2f}x" for b in batches))
+    print("goals: >= 0.50x at batch 1, >= 1.00x at batch 8 (issue 14)")
+
+
+_BURST = """
+import sys, threading, time
+from ember.local import GenerationConfig, compile_counts, load_model, shared_batcher
+model = load_model(sys.argv[1] if len(sys.argv) > 1 else None)
+batcher = shared_batcher(model, window_s=0.05, max_batch=8)
+for burst in (1, 2):
+    first = threading.Event()
+    start = time.perf_counter()
+    futures = [batcher.submit(f"Question {i}: name a colour.", GenerationConfig(max_new_tokens=16, temperature=0.7, seed=i),
+                              on_tokens=lambda ids: first.set()) for i in range(8)]
+    first.wait()
+    ttft = time.perf_counter() - start
+    [f.result() for f in futures]
+    print(burst, ttft, time.perf_counter() - start, compile_counts()["compiles"], flush=True)
+"""
+
+
+def first_token(model: str | None) -> None:
+    """Time to first token of an 8-request burst: cold cache, warm cache (new process), warm process."""
+    print("time to first token, 8-request burst (micro-batched), fresh process each:")
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "EMBER_COMPILE_CACHE": cache}
+        for label in ("empty compilation cache", "warm compilation cache"):
+            out = subprocess.run(
+                [sys.executable, "-c", _BURST, *([model] if model else [])],
+                env=env, capture_output=True, text=True, check=True, timeout=1800,
+            ).stdout.split("\n")  # fmt: skip
+            (_, ttft1, all1, compiles1), (_, ttft2, all2, compiles2) = (line.split()[:4] for line in out[:2])
+            print(f"  {label:>24}: first burst  first token {float(ttft1):6.2f} s, all done {float(all1):6.2f} s ({compiles1} compiles)")
+            print(f"  {'same process':>24}: second burst first token {float(ttft2):6.2f} s, all done {float(all2):6.2f} s "
+                  f"({int(compiles2) - int(compiles1)} compiles)")  # fmt: skip
 
 
 def bench_precision(args, precision: str, batches: list[int], device) -> tuple[dict, float]:

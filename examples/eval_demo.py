@@ -11,7 +11,7 @@ are micro-batched. Prints the comparison table and writes ``reports/eval_demo.{j
 Every finished item is journaled under ``ember_runs/``: interrupt it and run it again to
 resume where it stopped.
 
-    python examples/eval_demo.py [--items 8] [--max-tokens 10] [--judge-tokens 48]
+    python examples/eval_demo.py [--items 40] [--max-tokens 10] [--judge-tokens 48]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MODEL = "local:smollm2-135m-instruct"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Compare three compound systems on minibench, offline.")
-    parser.add_argument("--items", type=int, default=8, help="items drawn from minibench (default 8)")
+    parser.add_argument("--items", type=int, default=40, help="items drawn from minibench (default 40)")
     parser.add_argument("--max-tokens", type=int, default=10, help="answer length cap for generators (default 10)")
     parser.add_argument("--judge-tokens", type=int, default=48, help="answer length cap for the judge (default 48)")
     args = parser.parse_args()
@@ -85,8 +85,9 @@ def main() -> None:
     table = comparison_table(results, title=f"minibench, {len(data)} items ({time.perf_counter() - started:.0f} s)")
     console.print(fit_80_columns(table))
     console.print(
-        "How to read it: accuracy with its 95% bootstrap interval. Where two systems' intervals\n"
-        f"overlap, {len(data)} items cannot tell them apart; more items (--items) narrow them."
+        "How to read it: accuracy, with its 95% bootstrap interval in brackets.\n"
+        f"Where two systems' intervals overlap, {len(data)} items cannot tell them apart;\n"
+        "more items (--items) narrow the intervals."
     )
     for name, r in results.items():
         if r.n_errors:

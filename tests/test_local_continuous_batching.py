@@ -101,3 +101,27 @@ def test_occupancy_counts_idle_rows(smollm):
     # Row 1 idles after its second token until the batch compacts to one row.
     assert 0 < useful < spent
     assert useful == 1 + LONG.max_new_tokens - 1
+
+
+def test_cancelling_a_generating_request_stops_its_row_and_frees_its_place(smollm):
+    batcher = MicroBatcher(smollm, window_s=0.01, max_batch=1)  # one row: the next request needs it
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def on_tokens(ids) -> None:
+        seen.append(len(ids))
+        gate.wait()
+
+    long = batcher.submit("Count from 1 to 100.", LONG, on_tokens=on_tokens)
+    while not seen:  # generating: its first tokens were reported
+        threading.Event().wait(0.01)
+    assert not long.cancel()  # already running: not cancellable as a future, but abandoned
+    before = smollm.stats.generate_calls
+    waiting = batcher.submit("What is 2 + 3?", SHORT)
+    gate.set()
+    waiting.result(timeout=300)
+    batcher.close()
+    stopped = long.result(timeout=10)
+    assert stopped.finish_reason == "cancelled"
+    assert stopped.completion_tokens < LONG.max_new_tokens
+    assert smollm.stats.generate_calls == before  # the waiting request took the freed row

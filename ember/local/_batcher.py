@@ -40,19 +40,39 @@ from ember.local._model import LocalModel, Prompt
 __all__ = ["MicroBatcher", "shared_batcher"]
 
 
+class RowFuture(Future[Generation]):
+    """A request's future. Cancelling it drops a request still waiting (as any future) and
+    stops one already generating at its next decode chunk, freeing its batch row: an
+    abandoned stream or a cancelled call does not keep spending the batch's compute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel_requested = False
+
+    def cancel(self) -> bool:
+        self._cancel_requested = True
+        return super().cancel()
+
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+
 @dataclasses.dataclass
 class _Pending:
     prompt: Prompt
     config: GenerationConfig
     deadline: float | None
-    future: Future
+    future: RowFuture
     assistant_prefix: str = ""
     mesh: MeshSpec | None = None
     on_tokens: Callable[[Sequence[int]], None] | None = None
     prompt_ids: list[int] | None = None  # encoded once, when first considered
 
     def request(self) -> GenerationRequest:
-        return GenerationRequest(self.prompt_ids, self.config, self.deadline, self.on_tokens, self.future.set_result)
+        future = self.future
+        return GenerationRequest(
+            self.prompt_ids, self.config, self.deadline, self.on_tokens, future.set_result, future.cancel_requested
+        )
 
 
 class MicroBatcher:
@@ -84,12 +104,13 @@ class MicroBatcher:
         assistant_prefix: str = "",
         mesh: MeshSpec | None = None,
         on_tokens: Callable[[Sequence[int]], None] | None = None,
-    ) -> Future[Generation]:
+    ) -> RowFuture:
         """Queue one prompt; the future resolves to its :class:`Generation` (or its error:
         :class:`PromptTooLongError` for a prompt that does not fit the context window).
 
         ``deadline`` (a ``time.monotonic()`` instant) stops the row with ``finish_reason``
-        ``"timeout"``. Cancelling the future before its batch starts drops the request.
+        ``"timeout"``. Cancelling the future drops a request still waiting and stops one
+        already generating at the next decode chunk (see :class:`RowFuture`).
         ``assistant_prefix`` is text the reply must start with; generation continues it.
         ``mesh`` (a :class:`MeshSpec`, e.g. :func:`~ember.local.current_mesh`) splits the
         batch this request joins over the mesh's batch axis. ``on_tokens`` streams: it is
@@ -97,7 +118,7 @@ class MicroBatcher:
         """
         if mesh is not None and not isinstance(mesh, MeshSpec):
             raise TypeError(f"mesh must be a MeshSpec (see ember.local.current_mesh), got {type(mesh).__name__}")
-        future: Future[Generation] = Future()
+        future = RowFuture()
         self._ensure_worker()
         self._queue.put(_Pending(prompt, config, deadline, future, assistant_prefix, mesh, on_tokens))
         return future
@@ -206,10 +227,6 @@ class _Arrivals:
         self._mesh = mesh
         #: Every request this generation has taken, joined ones included.
         self.served = served
-
-    def waiting(self) -> bool:
-        self._batcher._drain()
-        return any(p.mesh == self._mesh for p in self._batcher._waiting)
 
     def take(self, fits: Callable[[Sequence[int], GenerationConfig], bool], limit: int) -> list[GenerationRequest]:
         batcher = self._batcher

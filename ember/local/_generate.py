@@ -66,7 +66,7 @@ MIN_PROMPT_BUCKET = 16
 MIN_CACHE_BUCKET = 64
 # Shrink the batch to a smaller bucket only when a live row may still need this many
 # steps: the smaller shape is a new decode program (seconds to compile on the dev machine).
-COMPACT_MIN_STEPS = 64
+COMPACT_MIN_STEPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,8 @@ class GenerationConfig:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     """One prompt's continuation. ``finish_reason``: ``"stop"`` (end-of-turn token or stop
-    string), ``"length"`` (``max_new_tokens`` or the context window) or ``"timeout"``."""
+    string), ``"length"`` (``max_new_tokens`` or the context window), ``"timeout"``, or
+    ``"cancelled"`` (its request was abandoned while it generated)."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -272,6 +273,7 @@ def _join(
     state: DecodeState,
     tokens: jax.Array,
     start: jax.Array,
+    row_map: jax.Array,
     rows: jax.Array,
     sampling: SamplingParams,
     end_ids: jax.Array,
@@ -281,16 +283,19 @@ def _join(
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array]:
-    """Prefill the joining prompts ``tokens [J, T]`` (real tokens from ``start [J]``) into
-    batch rows ``rows [J]`` of a running generation and sample their first tokens.
+    """Prefill the unique joining prompts ``tokens [U, T]`` (real tokens from ``start [U]``)
+    into batch rows ``rows [J]`` (joiner ``j`` has prompt ``row_map[j]``) of a running
+    generation and sample their first tokens.
 
     The prompts are run at slots ``0 .. T-1`` of a scratch cache, then their keys and values
     are copied to slots ``slot-T .. slot-1`` of their rows, so each prompt ends right below
     the shared write slot and its first token is fed at ``slot`` like every other row's next
     token. Keys carry their rotary position (``slot - start``), which the copy preserves."""
-    j, t = tokens.shape
-    scratch = init_cache(config, j, t, params.embed.dtype)
+    u, t = tokens.shape
+    j = row_map.shape[0]
+    scratch = init_cache(config, u, t, params.embed.dtype)
     hidden, scratch = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), scratch, t)
+    scratch = KVCache(scratch.k[:, row_map], scratch.v[:, row_map])
     below = state.slot - t
 
     def place(cache: jax.Array, new: jax.Array) -> jax.Array:  # [L, B, H, S, D] <- [L, J, H, T, D]
@@ -300,12 +305,12 @@ def _join(
 
     cache = KVCache(place(state.cache.k, scratch.k), place(state.cache.v, scratch.v))
     mine = SamplingParams(*(x[rows] for x in sampling))
-    first = sample(unembed(params, hidden), mine, jnp.zeros((j,), jnp.int32), mode=mode)
+    first = sample(unembed(params, hidden)[row_map], mine, jnp.zeros((j,), jnp.int32), mode=mode)
     one = jnp.ones((j,), jnp.int32)
     joined = DecodeState(
         cache=cache,
         token=state.token.at[rows].set(first),
-        start=state.start.at[rows].set(below + start),
+        start=state.start.at[rows].set(below + start[row_map]),
         slot=state.slot,
         generated=state.generated.at[rows].set(one),
         done=state.done.at[rows].set(_finished(first, one, mine, end_ids)),
@@ -336,21 +341,20 @@ class GenerationRequest:
     ``on_tokens`` is called with the row's token ids so far after the prefill and after every
     decode chunk in which it gained tokens (raw: they may run past a stop string or end with
     an end-of-turn token); ``on_done`` gets the :class:`Generation` as soon as the row
-    finishes. Both run on the generating thread and must not raise."""
+    finishes. Both run on the generating thread and must not raise. ``abandoned`` is asked
+    after every chunk; once it says yes the row stops (``finish_reason="cancelled"``) and its
+    place goes to the next request."""
 
     prompt_ids: Sequence[int]
     config: GenerationConfig = GenerationConfig()
     deadline: float | None = None
     on_tokens: Callable[[Sequence[int]], None] | None = None
     on_done: Callable[[Generation], None] | None = None
+    abandoned: Callable[[], bool] | None = None
 
 
 class Arrivals(Protocol):
     """Requests that may join a running generation (the micro-batcher's queue)."""
-
-    def waiting(self) -> bool:
-        """Whether any request is waiting to join this generation."""
-        ...
 
     def take(self, fits: Callable[[Sequence[int], GenerationConfig], bool], limit: int) -> list[GenerationRequest]:
         """Up to ``limit`` waiting requests for which ``fits(prompt_ids, config)`` holds, in
@@ -412,18 +416,10 @@ def serve(
     rows = [_row(r, config.context_length) for r in requests]
     n = len(rows)
     devices = 1 if mesh is None else mesh.shape[axis]
-    unique: dict[tuple[int, ...], int] = {}
-    row_map = [unique.setdefault(tuple(r.request.prompt_ids), len(unique)) for r in rows]
-    u_size = bucket(len(unique), multiple=devices)
     b_size = bucket(n, multiple=devices)
-    t_size = prompt_bucket(max(len(ids) for ids in unique))
+    tokens, start, row_map = _pack([r.request.prompt_ids for r in rows], tokenizer.pad_id, devices)
+    t_size = tokens.shape[1]
     s_size = bucket(t_size + max(r.max_new for r in rows), MIN_CACHE_BUCKET)
-
-    tokens = np.full((u_size, t_size), tokenizer.pad_id, np.int32)
-    start = np.full((u_size,), t_size - 1, np.int32)  # padding rows: one (pad) token
-    for ids, u in unique.items():
-        tokens[u, t_size - len(ids) :] = ids
-        start[u] = t_size - len(ids)
     row_map_arr = np.asarray(row_map + [0] * (b_size - n), np.int32)
     put = (lambda x: x) if mesh is None else (lambda x: jax.device_put(x, _batch_spec(mesh, axis, x.ndim)))
     placed: list[_Row | None] = [*rows, *[None] * (b_size - n)]  # the row behind each batch position
@@ -449,7 +445,11 @@ def serve(
         _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
         now = time.monotonic()
         for r in placed:
-            if r is not None and r.finish is None and r.request.deadline is not None and now >= r.request.deadline:
+            if r is None or r.finish is not None:
+                continue
+            if r.request.abandoned is not None and r.request.abandoned():
+                r.finish = "cancelled"
+            elif r.request.deadline is not None and now >= r.request.deadline:
                 r.finish = "timeout"
         _report(placed, tokenizer, end_ids, stats)
         live = [i for i, r in enumerate(placed) if r is not None and r.finish is None]
@@ -466,11 +466,7 @@ def serve(
         if not live:
             break
         smaller = bucket(len(live), multiple=devices)
-        if (
-            smaller < len(placed)
-            and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS
-            and not (arrivals is not None and arrivals.waiting())
-        ):
+        if smaller < len(placed) and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS:
             keep = live + [live[0]] * (smaller - len(live))
             state = _relayout(state, np.asarray(keep, np.int32), np.arange(smaller) < len(live), mesh=mesh, axis=axis)
             placed = [placed[i] for i in live] + [None] * (smaller - len(live))
@@ -513,6 +509,22 @@ def _grow(
     return [placed[i] for i in live] + [None] * (size - len(live)), state
 
 
+def _pack(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The unique prompts, left-padded to their bucket: tokens ``[U, T]``, the first real
+    slot of each ``[U]`` (padding rows: one pad token), and each prompt's row among them.
+    Identical prompts (an ensemble's samples) are prefilled once."""
+    unique: dict[tuple[int, ...], int] = {}
+    row_map = [unique.setdefault(tuple(ids), len(unique)) for ids in prompts]
+    t_size = prompt_bucket(max(len(ids) for ids in unique))
+    u_size = bucket(len(unique), multiple=multiple)
+    tokens = np.full((u_size, t_size), pad_id, np.int32)
+    start = np.full((u_size,), t_size - 1, np.int32)
+    for ids, u in unique.items():
+        tokens[u, t_size - len(ids) :] = ids
+        start[u] = t_size - len(ids)
+    return tokens, start, row_map
+
+
 def _admit(
     params: LlamaParams,
     state: DecodeState,
@@ -524,29 +536,27 @@ def _admit(
     stats: GenerationStats,
     **static: Any,
 ) -> tuple[SamplingParams, DecodeState, np.ndarray]:
-    """Put ``joined`` rows in free batch positions and prefill them there (one batched
-    :func:`_join`); returns the new sampling settings, state and first tokens ``[B, 1]``."""
+    """Put ``joined`` rows in free batch positions and prefill them there, one :func:`_join`
+    per prompt bucket (a short prompt is not padded to a long one's length); returns the new
+    sampling settings, state and first tokens ``[B, 1]``."""
     free = [i for i, r in enumerate(placed) if r is None or r.finish is not None]
-    positions = free[: len(joined)]
-    for i, r in zip(positions, joined):
+    positions = dict(zip(free, joined))
+    for i, r in positions.items():
         placed[i] = r
-    j_size = bucket(len(joined))
-    t_size = prompt_bucket(max(len(r.request.prompt_ids) for r in joined))
-    tokens = np.full((j_size, t_size), pad_id, np.int32)
-    start = np.full((j_size,), t_size - 1, np.int32)
-    for k, r in enumerate(joined):
-        ids = r.request.prompt_ids
-        tokens[k, t_size - len(ids) :] = ids
-        start[k] = t_size - len(ids)
-    filler = j_size - len(joined)  # bucket padding repeats the last joiner: the same writes again
-    tokens[len(joined) :], start[len(joined) :] = tokens[len(joined) - 1], start[len(joined) - 1]
-    rows = np.asarray(positions + [positions[-1]] * filler, np.int32)
     sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
-    state, first = _join(params, state, tokens, start, rows, sampling, end, **static)
-    stats.join_calls += 1
-    stats.joined_rows += len(joined)
     new_tokens = np.full((len(placed), 1), -1, np.int32)
-    new_tokens[positions, 0] = np.asarray(first)[: len(joined)]
+    by_bucket: dict[int, list[int]] = {}
+    for i, r in positions.items():
+        by_bucket.setdefault(prompt_bucket(len(r.request.prompt_ids)), []).append(i)
+    for group in by_bucket.values():
+        tokens, start, row_map = _pack([placed[i].request.prompt_ids for i in group], pad_id)
+        filler = bucket(len(group)) - len(group)  # bucket padding repeats the last joiner: the same writes again
+        row_map_arr = np.asarray(row_map + [row_map[-1]] * filler, np.int32)
+        rows = np.asarray(group + [group[-1]] * filler, np.int32)
+        state, first = _join(params, state, tokens, start, row_map_arr, rows, sampling, end, **static)
+        new_tokens[group, 0] = np.asarray(first)[: len(group)]
+        stats.join_calls += 1
+    stats.joined_rows += len(joined)
     return sampling, state, new_tokens
 
 

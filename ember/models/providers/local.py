@@ -220,8 +220,8 @@ class LocalProvider(Provider):
         ``len(longest stop) - 1`` characters) or half a UTF-8 character is held back until it is
         settled, so the deltas concatenate to the final text. A guided (JSON schema) request is
         generated in steps and comes as one delta. The row shares its batch with other
-        requests: a stream closed early stops being reported, but its row runs on to its end
-        inside the batch (there is no connection to close; a request still queued is dropped).
+        requests: a stream closed early stops its row at the next decode chunk and frees its
+        place for a waiting request (a request still queued is dropped).
         """
         model_id = f"local:{request.model_name}"
         if flat_fields(request.output_schema) is not None:
@@ -277,7 +277,7 @@ class LocalProvider(Provider):
                     yield deltas.get_nowait()
                 generation = finished.result()
             finally:
-                future.cancel()  # still queued: dropped; already generating: no effect
+                future.cancel()  # still queued: dropped; generating: stops at the next chunk
             if generation.finish_reason == "timeout":
                 raise ProviderTimeoutError(
                     f"the local model did not finish within {request.timeout:g} s; raise the timeout or lower max_tokens",
