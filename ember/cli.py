@@ -320,13 +320,29 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-_OPENAI_KINDS = ("openai", "openai_compatible")
+def _model_list_request(kind: str, base_url: str, key: str | None) -> tuple[str, dict[str, str]] | None:
+    """Where a provider of ``kind`` lists its models, and the headers that ask (None: it has no list).
+
+    OpenAI-style servers answer ``GET {base_url}/models`` (their base URL ends in ``/v1``) with
+    a bearer key; Anthropic's API answers ``GET {base_url}/v1/models`` (its base URL is the
+    host, as for ``/v1/messages``) with ``x-api-key`` and ``anthropic-version``, one page of
+    up to 1000 models.
+    """
+    root = base_url.rstrip("/")
+    if kind in ("openai", "openai_compatible"):
+        return root + "/models", {"Authorization": f"Bearer {key}"} if key else {}
+    if kind == "anthropic":
+        from ember.models.providers.anthropic import ANTHROPIC_VERSION
+
+        return root + "/v1/models?limit=1000", {"anthropic-version": ANTHROPIC_VERSION, **({"x-api-key": key} if key else {})}
+    return None
 
 
 def _endpoints(timeout: float) -> list[tuple[str, str, str, str, str]]:
     """Each provider configured with a base URL (or of kind ``openai_compatible``): where it is,
-    whether a key is set (never the key), and the models its ``/v1/models`` lists, asked in
-    parallel with ``timeout`` seconds each. A server that does not answer is "unreachable"."""
+    whether a key is set (never the key), and the models it lists (OpenAI-style and Anthropic
+    servers, see :func:`_model_list_request`), asked in parallel with ``timeout`` seconds each.
+    A server that does not answer is "unreachable"."""
     import concurrent.futures
     import os
     from urllib.parse import urlsplit
@@ -356,21 +372,22 @@ def _endpoints(timeout: float) -> list[tuple[str, str, str, str, str]]:
     def served(base_url: str | None, kind: str, name: str, key: str | None) -> str:
         if not base_url:
             return "no base_url configured"
-        if kind not in _OPENAI_KINDS:
-            return "(not asked: lists OpenAI-style servers only)"
+        asked = _model_list_request(kind, base_url, key)
+        if asked is None:
+            return "(not asked: lists OpenAI-style and Anthropic servers only)"
         import httpx
 
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        url, headers = asked
         try:
-            response = httpx.get(base_url.rstrip("/") + "/models", headers=headers, timeout=timeout)
+            response = httpx.get(url, headers=headers, timeout=timeout)
         except Exception as error:  # refused, timed out, bad URL: a row, never a traceback
             return f"unreachable ({type(error).__name__})"
         if response.status_code != 200:
-            return f"unreachable (HTTP {response.status_code} from /models)"
+            return f"unreachable (HTTP {response.status_code} from {urlsplit(url).path})"
         try:
             ids = [str(m["id"]) for m in response.json().get("data", [])]
         except Exception:
-            return "answered, but not with an OpenAI model list"
+            return "answered, but not with a model list"
         return ", ".join(f"{name}:{i}" for i in ids) or "(none listed)"
 
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(found)))) as pool:

@@ -2,7 +2,8 @@
 
 1. ``max_tokens`` reaches a non-OpenAI host under the name it reads;
 2. a keyless server needs no key, even with ``api_key_env`` configured;
-3. ``ember models`` lists configured endpoints and what they serve, unreachable ones included;
+3. ``ember models`` lists configured endpoints and what they serve (OpenAI-style and Anthropic),
+   unreachable ones included;
 4. ``ember eval`` shows each failing system's first error and count, and never a $0 for failed work;
 5. ``ember eval`` pins the temperature (0 unless given) and records it in the journal and the report.
 """
@@ -90,6 +91,25 @@ def test_models_lists_configured_endpoints_served_models_and_unreachable_ones(lo
     assert "unreachable" in out and "Traceback" not in captured.out + captured.err
     assert loopback_models.key not in captured.out + captured.err
     assert any(r.path == "/v1/models" and r.has_api_key for r in loopback_models.server.requests)  # openai's key, used not shown
+
+
+def test_models_asks_anthropic_endpoints_their_models_with_their_own_headers(loopback_models, capsys):
+    """An ``anthropic``-kind endpoint is asked ``GET /v1/models`` in Anthropic's wire format
+    (``x-api-key``, ``anthropic-version``), not skipped; the key is used, never shown."""
+    loopback_models.server.models = ("claude-loop-1", "claude-loop-2")
+    loopback_models.config.update_config("model_registry", {"providers": {
+        "proxy": {"kind": "anthropic", "base_url": loopback_models.server.anthropic_base_url,
+                  "api_key_env": "ANTHROPIC_API_KEY"},
+        "away": {"kind": "anthropic", "base_url": f"http://127.0.0.1:{_closed_port()}"},
+    }})  # fmt: skip
+    assert main(["models", "--timeout", "1"]) == 0
+    captured = capsys.readouterr()
+    out = " ".join(captured.out.split())
+    assert "proxy:claude-loop-1, proxy:claude-loop-2" in out and "anthropic:claude-loop-1" in out
+    assert "unreachable" in out and "not asked" not in out
+    assert loopback_models.key not in captured.out + captured.err
+    listed = [r for r in loopback_models.server.requests if r.path == "/v1/models" and r.provider == "anthropic"]
+    assert len(listed) == 2 and all(r.has_api_key and r.status == 200 for r in listed)  # "anthropic" and "proxy"
 
 
 # -- 4. ember eval errors and the cost of failed work ----------------------------------------------

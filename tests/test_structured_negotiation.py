@@ -306,3 +306,76 @@ def test_a_stream_never_downgrades_on_a_plain_500(llama):
     *_, response = list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
     assert isinstance(response.parsed, Capital)
     assert [f[1] for f in forms(env.server)] == ["json_schema", "json_schema", "json_object"]
+
+
+# -- a structured stream is validated, and repaired once, like a plain call --------------------------------
+
+COUNTRY = json.dumps({"country": "France", "capital": "Paris"})
+
+
+def _scripted(server, *answers):
+    """Answer each request with the next of ``answers``."""
+    script = iter(answers)
+    server.responder = lambda request: next(script)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_whose_answer_fails_validation_is_repaired_once(llama, mode):
+    import asyncio
+
+    env = llama({"structured_output": "none"})
+    _scripted(env.server, "Paris, I think.", COUNTRY)
+    if mode == "sync":
+        items = list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    else:
+        async def collect():
+            return [item async for item in env.service.astream(MODEL, "Capital of France?", response_format=Capital)]
+
+        items = asyncio.run(collect())
+    *deltas, response = items
+    # The deltas were the rejected answer (they cannot be taken back); the response is the repaired one.
+    assert "".join(deltas) == "Paris, I think." and response.repaired
+    assert response.text == COUNTRY and response.parsed == Capital(country="France", capital="Paris")
+    first, repair = env.server.requests
+    assert first.stream and not repair.stream  # one repair request, not streamed
+    assert [m["role"] for m in repair.body["messages"]] == ["user", "assistant", "user"]
+    assert repair.body["messages"][1]["content"] == "Paris, I think."
+    assert response.attempts == 2
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        first.input_tokens + repair.input_tokens, first.output_tokens + repair.output_tokens)
+    assert env.service.stats.succeeded == 1 and env.service.stats.failed == 0
+
+
+def test_a_valid_stream_is_not_repaired_and_its_deltas_are_the_text(llama):
+    env = llama({"structured_output": "none"})
+    _scripted(env.server, COUNTRY)
+    *deltas, response = list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert "".join(deltas) == response.text == COUNTRY and not response.repaired
+    assert env.server.stats.total == 1
+
+
+def test_a_stream_whose_repair_also_fails_raises_after_exactly_one_repair(llama):
+    env = llama()  # the negotiated form (json_object) is below json_schema too
+    _scripted(env.server, "no JSON here", "still none")
+    with pytest.raises(MalformedResponseError, match="Capital"):
+        list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert forms(env.server) == [(500, "json_schema"), (200, "json_object"), (200, "json_object")]
+    assert env.service.stats.failed == 1
+
+
+def test_a_stream_constrained_by_json_schema_is_not_repaired(llama):
+    env = llama(profile=None)  # a server that takes json_schema: it constrained the answer itself
+    _scripted(env.server, "no JSON here")
+    with pytest.raises(MalformedResponseError):
+        list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert forms(env.server) == [(200, "json_schema")]
+
+
+def test_a_repaired_answer_replaces_the_first_in_the_cache(llama, tmp_path):
+    env = llama({"structured_output": "none"})
+    env.config.update_config("app", {"cache": {"enabled": True, "directory": str(tmp_path / "cache")}})
+    _scripted(env.server, "Paris, I think.", COUNTRY)
+    assert env.service(MODEL, "Capital of France?", response_format=Capital).repaired
+    *deltas, replay = list(env.service.stream(MODEL, "Capital of France?", response_format=Capital))
+    assert replay.cached and not replay.repaired and deltas == [COUNTRY]
+    assert env.server.stats.total == 2  # the replay is free, and needs no repair

@@ -1,7 +1,7 @@
 """Cancel scopes: who owns a running call, so that cancelling an owner reaches every call.
 
-Every model call started in Ember attaches its future to the *current* scope, a
-:class:`contextvars.ContextVar`: threads spawned by a :class:`~ember._runtime.TaskGroup`
+Every model call started in Ember attaches its future (an awaited call: its waiting task,
+see :meth:`CancelScope.guard`) to the *current* scope, a :class:`contextvars.ContextVar`: threads spawned by a :class:`~ember._runtime.TaskGroup`
 and tasks on the I/O loop inherit it. Scopes form a tree. Cancelling one (a sibling
 failed, the user pressed Ctrl-C, an evaluation item was abandoned) cancels its own
 futures, which cancels their coroutines on the I/O loop and closes their HTTP requests,
@@ -14,12 +14,15 @@ stops at its next model call or its next wait on one.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["Cancelled", "CancelScope", "current_scope", "open_scope", "check_cancelled"]
 
@@ -41,7 +44,8 @@ class CancelScope:
         self.parent = parent
         self.reason: str | None = None
         self._children: set[CancelScope] = set()
-        self._futures: set[concurrent.futures.Future[Any]] = set()
+        #: Futures attached, and tasks awaiting under :meth:`guard` (a :class:`_Waiter`): what cancel() cancels.
+        self._futures: set[Any] = set()
         self._listeners: list[Any] = []
         self._lock = threading.Lock()
         self._cancelled = False
@@ -77,6 +81,34 @@ class CancelScope:
         else:
             future.cancel()
 
+    async def guard(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` in the current task as work owned by this scope.
+
+        The async twin of :meth:`attach`, for a caller that awaits rather than holds a
+        future: cancelling the scope, from any thread, cancels the waiting task (and so
+        whatever it awaits, e.g. a model call on the I/O loop and its HTTP request), and the
+        wait raises :class:`Cancelled`. A cancellation of the task by anyone else stays an
+        ``asyncio.CancelledError``. Costs two lock round trips, no future: the evaluation
+        pipeline awaits every model call this way.
+        """
+        waiter = _Waiter(asyncio.get_running_loop(), asyncio.current_task())
+        with self._lock:
+            owned = not self._cancelled
+            if owned:
+                self._futures.add(waiter)
+        if not owned:  # as attach does: cancelled at its first wait, which raises Cancelled
+            waiter.cancel()
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if waiter.by_scope and waiter.task.uncancel() == 0:
+                raise Cancelled(self.reason or "cancelled") from None
+            raise
+        finally:
+            waiter.waiting = False
+            with self._lock:
+                self._futures.discard(waiter)
+
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
@@ -110,6 +142,25 @@ class CancelScope:
         """Raise :class:`Cancelled` if this scope or one above it was cancelled."""
         if self._cancelled:
             raise Cancelled(self.reason or "cancelled")
+
+
+class _Waiter:
+    """A task awaiting under :meth:`CancelScope.guard`, cancellable like a future from any thread."""
+
+    __slots__ = ("loop", "task", "waiting", "by_scope")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+        assert task is not None, "CancelScope.guard must be awaited in a task"
+        self.loop, self.task, self.waiting, self.by_scope = loop, task, True, False
+
+    def cancel(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing is waiting
+            self.loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:  # on the task's loop, so it cannot race the end of the wait
+        if self.waiting:
+            self.by_scope = True
+            self.task.cancel()
 
 
 _current: contextvars.ContextVar[CancelScope | None] = contextvars.ContextVar("ember_cancel_scope", default=None)

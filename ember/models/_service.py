@@ -21,8 +21,9 @@ would fail the same way again is retried.
 
 Structured output (``response_format=`` / ``json_schema=``) is asked for in the form the
 provider declares (``Provider.structured_output``: ``json_schema``, ``json_object`` with the
-schema beside it and in the prompt, or ``none``: the prompt alone; below ``json_schema`` the
-answer is validated here with one repair call)
+schema beside it and in the prompt, or ``none``: the prompt alone; below ``json_schema`` a
+``response_format`` answer is validated here with one repair call, a stream's too: see
+:meth:`ModelService.stream`)
 or its config's ``structured_output:``. A server that refuses the form, whatever status it
 uses (see ``_rejects_form``), gets the next form its adapter can send, at once: one extra
 request per server (provider name + base URL) and process, logged once at INFO and
@@ -35,9 +36,9 @@ request-validation error (llama-cpp-python answers a refused field with a 500).
 Everything after "resolve" runs on Ember's I/O loop (:mod:`ember._runtime._loop`), so the
 limits are one process-wide budget however the caller is parallelised.
 
-Each call also reports to the runtime's scopes (:mod:`ember._runtime`): its future is
-owned by the current cancel scope, so a failed sibling, an abandoned evaluation item or
-Ctrl-C cancels it and closes its HTTP request; and its tokens, cost and attempts are
+Each call also reports to the runtime's scopes (:mod:`ember._runtime`): its future (an
+awaited call: its waiting task) is owned by the current cancel scope, so a failed sibling,
+an abandoned evaluation item or Ctrl-C cancels it and closes its HTTP request; and its tokens, cost and attempts are
 added to the current usage scope, which is how evaluation prices any system exactly.
 
 What is read when: the service reads the configuration (and, through it, the environment
@@ -67,6 +68,7 @@ from pydantic import BaseModel, ValidationError
 
 from ember._runtime import UsageScope, _loop, close_matches, current_scope, current_usage_scope, did_you_mean
 from ember.models._cache import ResponseCache, cache_key
+from ember.models._deadline import Deadline
 from ember.models._errors import (
     InvalidRequestError,
     MalformedResponseError,
@@ -128,6 +130,9 @@ class _Route:
     backoff_max: float
     #: What this route's server accepts for structured output (shared by every route to it).
     negotiation: _Negotiation | None = None
+    #: The response cache in use at this route's config revision (None: off), so a call
+    #: does not read the config again to find it.
+    cache: ResponseCache | None = None
 
 
 class ModelService:
@@ -210,12 +215,18 @@ class ModelService:
         return future
 
     async def ainvoke_model(self, model_id: str, prompt: Prompt, **params: Any) -> ModelResponse:
-        """Async twin of :meth:`invoke_model`, awaitable from any event loop."""
+        """Async twin of :meth:`invoke_model`, awaitable from any event loop.
+
+        Like :meth:`submit`, the call belongs to the current cancel scope: cancelling the
+        scope, from any thread, cancels the call (closing its HTTP request) and the await
+        raises :class:`~ember._runtime.Cancelled`.
+        """
         route, request = self._prepare(model_id, prompt, params)
         scope = current_scope()
-        if scope is not None:
-            scope.check()
-        return await _loop.run_on_io_loop(self._execute(route, request, current_usage_scope()))
+        if scope is None:
+            return await _loop.run_on_io_loop(self._execute(route, request, current_usage_scope()))
+        scope.check()
+        return await scope.guard(_loop.run_on_io_loop(self._execute(route, request, current_usage_scope())))
 
     acall = ainvoke_model
 
@@ -224,7 +235,11 @@ class ModelService:
 
         Takes :meth:`invoke_model`'s parameters; bad ones raise at once. The deltas
         concatenate to ``response.text``; the response carries exact usage and cost, recorded
-        as for any call. The same limits apply, and the concurrency slot is held until the
+        as for any call. Structured output is validated after the last delta, as for a plain
+        call: an answer that fails gets one repair request (not streamed, so nothing is
+        yielded for it), and the response carries the repaired text and ``parsed`` with
+        ``response.repaired`` set; that is the one case where the deltas (the rejected first
+        answer, which cannot be taken back) do not concatenate to ``response.text``. The same limits apply, and the concurrency slot is held until the
         stream ends; a transient failure before the first delta is retried like any call,
         one after it raises :class:`~ember.models.StreamInterruptedError` (never retried: the
         caller has seen text). ``timeout`` bounds the wait for each delta, not the whole
@@ -270,8 +285,8 @@ class ModelService:
         """
         if not isinstance(model_id, str) or not model_id:
             raise InvalidRequestError("model_id", f"must be a non-empty string like 'openai:gpt-4o'; got {_kind(model_id)}")
-        unknown = params.keys() - _PARAMS
-        if unknown:
+        if not _PARAMS.issuperset(params):
+            unknown = params.keys() - _PARAMS
             name = sorted(unknown)[0]
             raise InvalidRequestError(
                 ", ".join(sorted(unknown)),
@@ -342,6 +357,7 @@ class ModelService:
                 adapter.settings.base_url,
                 type(adapter).structured_output_ladder(getattr(provider_config, "structured_output", None)),
             ),
+            cache=self._cache(),
         )
         with self._lock:
             if len(self._routes) >= _MAX_ROUTES:  # every config scope is a new revision: stay bounded
@@ -377,6 +393,7 @@ class ModelService:
             return limiter
 
     def _cache(self) -> ResponseCache | None:
+        """The response cache the config asks for now; read when a route is built, once per revision."""
         choice = self._cache_choice
         if isinstance(choice, ResponseCache):
             return choice
@@ -393,9 +410,10 @@ class ModelService:
         return cache
 
     # -- execution (I/O loop) -------------------------------------------------------------
-    def _cached(self, request: ChatRequest) -> tuple[ResponseCache | None, str | None, ProviderResult | None]:
+    @staticmethod
+    def _cached(route: _Route, request: ChatRequest) -> tuple[ResponseCache | None, str | None, ProviderResult | None]:
         """The response cache in use, ``request``'s key in it, and its cached answer (or ``None``s)."""
-        cache = self._cache()
+        cache = route.cache
         if cache is None:
             return None, None, None
         key = cache_key(request.model_id, request)
@@ -405,7 +423,7 @@ class ModelService:
         started = time.perf_counter()
         stats = self.stats
         stats.started += 1
-        cache, key, result = self._cached(request)
+        cache, key, result = self._cached(route, request)
         attempts = 0
         try:
             if result is None:
@@ -420,8 +438,23 @@ class ModelService:
         except BaseException:
             stats.failed += 1
             raise
+        return await self._finish(route, request, result, attempts, started, scope, cache, key)
+
+    async def _finish(
+        self, route: _Route, request: ChatRequest, result: ProviderResult, attempts: int, started: float,
+        scope: UsageScope | None, cache: ResponseCache | None, key: str | None,
+    ) -> ModelResponse:
+        """Price, record and cache an answer, validate it, and repair it once where that can help.
+
+        Shared by plain calls and streams. A ``response_format`` answer that fails validation
+        gets one follow-up request (never streamed: see :meth:`stream`) when the schema was
+        only asked for (JSON mode or the prompt); a server that constrained the answer to the
+        schema itself (``json_schema``) would answer the same again. A repaired answer
+        replaces the first one in the response cache, so a replay is valid and free.
+        """
         # Answered means billed: usage is recorded even if the answer fails validation below.
         usage = self._answered(route, request, result, attempts, scope, cache, key)
+        repaired = False
         try:
             try:
                 parsed = _parse_structured(request, result)
@@ -439,11 +472,14 @@ class ModelService:
                 usage = usage + extra
                 attempts += more
                 parsed = _parse_structured(request, result)
-        except ModelError:
-            stats.failed += 1
+                repaired = True
+                if cache is not None:
+                    cache.put(key, request.model_id, result)
+        except BaseException:  # invalid, or the repair failed or was cancelled
+            self.stats.failed += 1
             raise
-        stats.succeeded += 1
-        return _response(request, result, usage, attempts, started, parsed)
+        self.stats.succeeded += 1
+        return _response(request, result, usage, attempts, started, parsed, repaired)
 
     def _answered(
         self, route: _Route, request: ChatRequest, result: ProviderResult, attempts: int,
@@ -491,10 +527,11 @@ class ModelService:
 
     async def _attempts(self, route: _Route, request: ChatRequest) -> tuple[ProviderResult, int]:
         limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
-        estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
-        # Rate budgets are awaited only where there is one (admit is a no-op without rpm/tpm).
+        # Rate budgets are awaited, and token estimates made and settled, only where there is
+        # one (admit and settle are no-ops without rpm/tpm).
         rated = bool(limiter.rpm or limiter.tpm)
         shared_rated = shared is not None and bool(shared.rpm or shared.tpm)
+        estimate = _estimate(request) if rated or shared_rated else 0
         shared_slots = shared.slots if shared is not None else None
         attempt = 0
         while True:
@@ -508,13 +545,15 @@ class ModelService:
                     await shared_slots.acquire()
                 stats.in_flight += 1
                 try:
-                    # In this task, not in one wait_for would create for each call (Python 3.11).
-                    async with asyncio.timeout(request.timeout):
+                    # In this task (not in one wait_for would create), on a timer shared with the
+                    # calls that end at about the same time: see _deadline.
+                    with Deadline(request.timeout):
                         result = await route.adapter.acomplete(request)
-                    actual = result.input_tokens + result.output_tokens
-                    limiter.settle(estimate, actual)
-                    if shared is not None:
-                        shared.settle(estimate, actual)
+                    if estimate:
+                        actual = result.input_tokens + result.output_tokens
+                        limiter.settle(estimate, actual)
+                        if shared is not None:
+                            shared.settle(estimate, actual)
                     return result, attempt
                 except TimeoutError:
                     error: ModelError = ProviderTimeoutError(
@@ -551,7 +590,7 @@ class ModelService:
         started = time.perf_counter()
         stats = self.stats
         stats.started += 1
-        cache, key, result = self._cached(request)
+        cache, key, result = self._cached(route, request)
         attempts = 0
         try:
             if result is None:
@@ -573,14 +612,7 @@ class ModelService:
             stats.failed += 1
             raise
         assert result is not None
-        usage = self._answered(route, request, result, attempts, scope, cache, key)
-        try:
-            parsed = _parse_structured(request, result)
-        except ModelError:
-            stats.failed += 1
-            raise
-        stats.succeeded += 1
-        yield _response(request, result, usage, attempts, started, parsed)
+        yield await self._finish(route, request, result, attempts, started, scope, cache, key)
 
     async def _stream_negotiated(
         self, route: _Route, request: ChatRequest
@@ -640,7 +672,7 @@ class ModelService:
         is held until the stream ends or its consumer closes it.
         """
         limiter, shared, stats = route.limiter, route.provider_limiter, self.stats
-        estimate = sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
+        estimate = _estimate(request)
         attempt = 0
         while True:
             attempt += 1
@@ -657,7 +689,7 @@ class ModelService:
                 try:
                     while True:
                         try:
-                            async with asyncio.timeout(request.timeout):
+                            with Deadline(request.timeout):
                                 item = await anext(source)
                         except StopAsyncIteration:
                             raise MalformedResponseError(
@@ -721,6 +753,12 @@ _PARAMS = frozenset(
     {"system", "temperature", "max_tokens", "stop", "seed", "top_p", "response_format", "json_schema", "sample_index",
      "timeout", "extra"}
 )
+
+
+def _estimate(request: ChatRequest) -> int:
+    """Tokens a request may use, for TPM budgets before the answer says: a quarter of its
+    characters, plus ``max_tokens`` (256 when unset)."""
+    return sum(len(m.content) for m in request.messages) // 4 + (request.max_tokens or 256)
 
 
 def _kind(value: Any) -> str:
@@ -900,7 +938,8 @@ def _backoff(attempt: int, base: float, cap: float, retry_after: float | None) -
 
 
 def _response(
-    request: ChatRequest, result: ProviderResult, usage: UsageStats, attempts: int, started: float, parsed: Any
+    request: ChatRequest, result: ProviderResult, usage: UsageStats, attempts: int, started: float, parsed: Any,
+    repaired: bool = False,
 ) -> ModelResponse:
     return ModelResponse(
         text=result.text,
@@ -911,6 +950,7 @@ def _response(
         attempts=attempts,
         cached=not attempts,
         parsed=parsed,
+        repaired=repaired,
     )
 
 

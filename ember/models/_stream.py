@@ -3,7 +3,9 @@
 A stream yields text deltas (``str``) as they arrive and, last, the full
 :class:`~ember.models.ModelResponse` (usage and cost included, exactly as
 :meth:`~ember.models.ModelService.invoke_model` would return it); the deltas concatenate
-to ``response.text``. After the end, ``stream.response`` holds the response too::
+to ``response.text``, unless a structured answer failed validation and was repaired by a
+second, unstreamed request (``response.repaired``: the deltas were the rejected answer).
+After the end, ``stream.response`` holds the response too::
 
     for item in service.stream("openai:gpt-4o", "Tell me a story"):
         if isinstance(item, str):
@@ -150,7 +152,9 @@ class AsyncModelStream(_Base):
             self._start()
         if self._direct:
             try:
-                item = await self._source.__anext__()
+                step = self._source.__anext__()
+                # No future to attach: the scope cancels the task awaiting each item instead.
+                item = await (step if self._scope is None else self._scope.guard(step))
             except StopAsyncIteration:
                 self._finished = True
                 raise

@@ -127,6 +127,10 @@ class ModelResponse:
 
     ``parsed`` holds the validated pydantic object when structured output was requested.
     ``cached`` is true when the answer came from the response cache (no tokens billed).
+    ``repaired`` is true when the first answer failed validation against ``response_format``
+    and this one came from the one repair request (its usage and attempts are included): in
+    a stream, the deltas were that first answer, so ``text`` differs from their
+    concatenation exactly when ``repaired`` is true.
     """
 
     text: str
@@ -137,6 +141,7 @@ class ModelResponse:
     attempts: int = 1
     cached: bool = False
     parsed: BaseModel | None = None
+    repaired: bool = False
 
     def __str__(self) -> str:
         return self.text
