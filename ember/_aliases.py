@@ -61,10 +61,16 @@ class _AliasLoader(importlib.abc.Loader):
             package = types.ModuleType(spec.name, f"Seed import path; see {__name__}.")
             package.__path__ = []
             return package
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self._real_spec = module.__spec__
+        return module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        """Nothing to run: the target module is already executed."""
+        """Nothing to run: the target module is already executed. The import system has just
+        set its ``__spec__`` to the alias's spec; the real one goes back, or the module would
+        stop being a package (``importlib.resources.files`` on it fails, for one)."""
+        if self.target is not None:
+            module.__spec__ = self._real_spec
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):

@@ -99,6 +99,17 @@ def test_seed_aliases_are_the_modules_themselves():
     assert ConfigManager is importlib.import_module("ember.config").ConfigManager
 
 
+def test_a_seed_alias_leaves_the_real_module_a_package():
+    import ember.core.registry.model  # noqa: F401 - the alias of ember.models
+    import ember.models
+
+    assert ember.models.__spec__.name == "ember.models"
+    assert ember.models.__spec__.submodule_search_locations  # still a package
+    from importlib import resources
+
+    assert resources.files("ember.models").joinpath("catalogue.yaml").is_file()
+
+
 def test_no_shim_package_tree_exists():
     import ember
 
