@@ -96,7 +96,7 @@ class _StubModel:
     def encode(self, prompt, assistant_prefix=""):
         return [1, 2, 3]
 
-    def serve(self, requests, *, arrivals, max_rows, mesh=None, batch_axis="batch"):
+    def serve(self, requests, *, arrivals, max_rows, min_mode, mesh=None, batch_axis="batch"):
         self.calls.append((len(requests), mesh, batch_axis))
         results = [types.SimpleNamespace(text=f"row {i}") for i in range(len(requests))]
         for request, result in zip(requests, results):

@@ -36,6 +36,7 @@ from ember.local._errors import PromptTooLongError
 from ember.local._generate import Generation, GenerationConfig, GenerationRequest
 from ember.local._mesh import MeshSpec
 from ember.local._model import LocalModel, Prompt
+from ember.local._sampling import SAMPLE
 
 __all__ = ["MicroBatcher", "shared_batcher"]
 
@@ -211,7 +212,9 @@ class MicroBatcher:
             self.sharded_batches += 1
         arrivals = _Arrivals(self, mesh, served=list(ready))
         try:
-            self._model.serve([p.request() for p in ready], arrivals=arrivals, max_rows=self.max_batch, **placement)
+            requests = [p.request() for p in ready]
+            # SAMPLE serves greedy rows exactly: one program per shape for mixed traffic.
+            self._model.serve(requests, arrivals=arrivals, max_rows=self.max_batch, min_mode=SAMPLE, **placement)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
             for p in arrivals.served:
                 if not p.future.done():

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ember.local._generate import MIN_CACHE_BUCKET, _decode, _prefill, bucket, prompt_bucket
-from ember.local._sampling import FILTER, GREEDY, SAMPLE, SamplingParams
+from ember.local._generate import MIN_CACHE_BUCKET, _begin, _decode, _prompts, bucket, prompt_bucket
+from ember.local._sampling import FILTER, SAMPLE, SamplingParams
 
 __all__ = [
     "compile_cache_dir",
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 ENV_VAR = "EMBER_COMPILE_CACHE"
 _OFF = {"", "0", "off", "false", "no", "none", "disabled"}
-_MODES = (GREEDY, SAMPLE, FILTER)
 
 _lock = threading.Lock()
 _enabled: Path | None = None
@@ -152,7 +151,7 @@ def warm_up(
     batch_sizes: Iterable[int] = (1, 2, 4, 8),
     prompt_tokens: Iterable[int] = (48,),
     max_new_tokens: int = 256,
-    modes: Sequence[str] = (GREEDY, FILTER),
+    modes: Sequence[str] = (SAMPLE, FILTER),
     stop: threading.Event | None = None,
 ) -> int:
     """Compile, without running, the programs that ``model`` (a :class:`~ember.local.LocalModel`;
@@ -166,10 +165,11 @@ def warm_up(
     """
     params, config = model.params, model.config
     i32 = jnp.int32
-    static = {"config": config, "mesh": None, "axis": "batch"}
+    static = {"mesh": None, "axis": "batch"}
     chunk = model.decode_chunk
     end = np.asarray(sorted(model.end_ids) or [-1], np.int32)
     done = 0
+    prompts_done: set[tuple[int, int]] = set()
     for b in sorted({bucket(max(1, int(n))) for n in batch_sizes}):
         sampling = SamplingParams(
             temperature=jax.ShapeDtypeStruct((b,), jnp.float32),
@@ -190,18 +190,21 @@ def warm_up(
                     if stop is not None and stop.is_set():
                         return done
                     tokens, start = jax.ShapeDtypeStruct((u, t), i32), jax.ShapeDtypeStruct((u,), i32)
-                    args = (params, tokens, start, row_map, sampling, end)
-                    _prefill.lower(*args, cache_len=s, mode=mode, **static).compile()
+                    if (u, t) not in prompts_done:
+                        _prompts.lower(params, tokens, start, config=config).compile()
+                        prompts_done.add((u, t))
+                        done += 1
+                    hidden, scratch = jax.eval_shape(lambda *a: _prompts(*a, config=config), params, tokens, start)
+                    args = (params, hidden, scratch, start, row_map, sampling, end)
+                    _begin.lower(*args, cache_len=s, mode=mode, **static).compile()
                     done += 1
-                state, _ = jax.eval_shape(
-                    lambda *a, s=s, mode=mode: _prefill(*a, cache_len=s, mode=mode, **static), *args
-                )
+                state, _ = jax.eval_shape(lambda *a, s=s, mode=mode: _begin(*a, cache_len=s, mode=mode, **static), *args)
                 windows = sorted({min(bucket(slot + chunk, MIN_CACHE_BUCKET), s) for slot in range(t, s, chunk)})
                 for window in windows:
                     if stop is not None and stop.is_set():
                         return done
                     _decode.lower(
-                        params, state, sampling, end, chunk=chunk, window=window, mode=mode, **static
+                        params, state, sampling, end, config=config, chunk=chunk, window=window, mode=mode, **static
                     ).compile()
                     done += 1
     return done

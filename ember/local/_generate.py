@@ -195,27 +195,39 @@ def _finished(token: jax.Array, generated: jax.Array, sampling: SamplingParams, 
     return is_end | (generated >= sampling.max_new)
 
 
-@partial(jax.jit, static_argnames=("config", "cache_len", "mode", "mesh", "axis"))
-def _prefill(
+@partial(jax.jit, static_argnames=("config",))
+def _prompts(params: LlamaParams, tokens: jax.Array, start: jax.Array, *, config: LlamaConfig) -> tuple[jax.Array, KVCache]:
+    """The unique prompts ``tokens [U, T]`` (real tokens from ``start [U]``) run at slots
+    ``0 .. T-1`` of a scratch cache: each one's final hidden state ``[U, D]``, and its keys
+    and values. New generations (:func:`_begin`) and joining requests (:func:`_join`) both
+    start here, so the costly program to compile, the forward pass over prompts, is one per
+    ``(U, T)`` whatever batch and cache it then feeds."""
+    u, t = tokens.shape
+    scratch = init_cache(config, u, t, params.embed.dtype)
+    return forward(params, config, tokens, start, jnp.zeros((), jnp.int32), scratch, t)
+
+
+@partial(jax.jit, static_argnames=("cache_len", "mode", "mesh", "axis"))
+def _begin(
     params: LlamaParams,
-    tokens: jax.Array,
+    hidden: jax.Array,
+    scratch: KVCache,
     start: jax.Array,
     row_map: jax.Array,
     sampling: SamplingParams,
     end_ids: jax.Array,
     *,
-    config: LlamaConfig,
     cache_len: int,
     mode: str,
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array]:
-    """Prefill the unique prompts ``tokens [U, T]``, copy them to rows (``row_map [B]``) and
-    sample every row's first token."""
-    cache = init_cache(config, tokens.shape[0], cache_len, params.embed.dtype)
-    hidden, cache = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), cache, tokens.shape[1])
+    """A new generation from prompts run by :func:`_prompts`: row ``b`` gets prompt
+    ``row_map[b]`` in a cache of ``cache_len`` slots, and every row's first token is sampled."""
+    t = scratch.k.shape[3]
+    room = ((0, 0), (0, 0), (0, 0), (0, cache_len - t), (0, 0))
+    cache = KVCache(jnp.pad(scratch.k[:, row_map], room), jnp.pad(scratch.v[:, row_map], room))
     logits = unembed(params, hidden)[row_map]
-    cache = KVCache(cache.k[:, row_map], cache.v[:, row_map])
     generated = jnp.zeros(row_map.shape, jnp.int32)
     token = sample(logits, sampling, generated, mode=mode)
     generated = generated + 1
@@ -223,7 +235,7 @@ def _prefill(
         cache=cache,
         token=token,
         start=start[row_map],
-        slot=jnp.asarray(tokens.shape[1], jnp.int32),
+        slot=jnp.asarray(t, jnp.int32),
         generated=generated,
         done=_finished(token, generated, sampling, end_ids),
     )
@@ -267,34 +279,31 @@ def _decode(
     return _constrain_state(state, mesh, axis), out, steps
 
 
-@partial(jax.jit, static_argnames=("config", "mode", "mesh", "axis"), donate_argnames=("state",))
+@partial(jax.jit, static_argnames=("mode", "mesh", "axis"), donate_argnames=("state",))
 def _join(
     params: LlamaParams,
     state: DecodeState,
-    tokens: jax.Array,
+    hidden: jax.Array,
+    scratch: KVCache,
     start: jax.Array,
     row_map: jax.Array,
     rows: jax.Array,
     sampling: SamplingParams,
     end_ids: jax.Array,
     *,
-    config: LlamaConfig,
     mode: str,
     mesh: Mesh | None,
     axis: str,
 ) -> tuple[DecodeState, jax.Array]:
-    """Prefill the unique joining prompts ``tokens [U, T]`` (real tokens from ``start [U]``)
-    into batch rows ``rows [J]`` (joiner ``j`` has prompt ``row_map[j]``) of a running
-    generation and sample their first tokens.
+    """Put joining prompts, run by :func:`_prompts`, into batch rows ``rows [J]`` of a
+    running generation (joiner ``j`` has prompt ``row_map[j]``) and sample their first tokens.
 
-    The prompts are run at slots ``0 .. T-1`` of a scratch cache, then their keys and values
-    are copied to slots ``slot-T .. slot-1`` of their rows, so each prompt ends right below
-    the shared write slot and its first token is fed at ``slot`` like every other row's next
+    The prompts ran at slots ``0 .. T-1`` of a scratch cache; their keys and values are
+    copied to slots ``slot-T .. slot-1`` of their rows, so each prompt ends right below the
+    shared write slot and its first token is fed at ``slot`` like every other row's next
     token. Keys carry their rotary position (``slot - start``), which the copy preserves."""
-    u, t = tokens.shape
+    t = scratch.k.shape[3]
     j = row_map.shape[0]
-    scratch = init_cache(config, u, t, params.embed.dtype)
-    hidden, scratch = forward(params, config, tokens, start, jnp.zeros((), jnp.int32), scratch, t)
     scratch = KVCache(scratch.k[:, row_map], scratch.v[:, row_map])
     below = state.slot - t
 
@@ -402,6 +411,7 @@ def serve(
     chunk: int = 16,
     arrivals: Arrivals | None = None,
     max_rows: int = 32,
+    min_mode: str = GREEDY,
 ) -> list[Generation]:
     """Continue ``requests`` as one batched generation; returns their generations in order.
 
@@ -409,7 +419,9 @@ def serve(
     window. A request's ``deadline`` (a ``time.monotonic()`` instant) stops its row with
     ``finish_reason="timeout"``. Parameters must already be placed (replicated on ``mesh``).
     With ``arrivals``, requests that arrive while this runs join it, up to ``max_rows`` live
-    rows; their results reach them only through their ``on_done``.
+    rows; their results reach them only through their ``on_done``. ``min_mode`` is the least
+    sampling program to run (``SAMPLE`` serves greedy rows too, exactly): a server whose
+    batches mix greedy and sampled requests then compiles one program per shape, not two.
     """
     if not requests:
         return []
@@ -425,13 +437,14 @@ def serve(
     placed: list[_Row | None] = [*rows, *[None] * (b_size - n)]  # the row behind each batch position
     sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
     end = np.asarray(sorted(end_ids) or [-1], np.int32)
-    static = {"config": config, "mode": _mode(rows), "mesh": mesh, "axis": axis}
+    static = {"mode": _mode(rows, min_mode), "mesh": mesh, "axis": axis}
 
     stats.generate_calls += 1
     stats.rows += n
     stats.prefill_calls += 1
-    state, first = _prefill(
-        params, put(tokens), put(start), put(row_map_arr), sampling, end, cache_len=s_size, **static
+    hidden, scratch = _prompts(params, put(tokens), put(start), config=config)
+    state, first = _begin(
+        params, hidden, scratch, put(start), put(row_map_arr), sampling, end, cache_len=s_size, **static
     )
     new_tokens = np.asarray(first)[:, None]
     slot = t_size  # cache slot of the next fed token
@@ -457,9 +470,9 @@ def serve(
         if joiners:
             placed, state = _grow(placed, state, live, len(joiners), devices, stats, mesh=mesh, axis=axis)
             joined = [_row(r, config.context_length) for r in joiners]
-            static["mode"] = _mode([r for r in placed if r is not None and r.finish is None] + joined)
+            static["mode"] = _mode(joined, static["mode"])
             sampling, state, new_tokens = _admit(
-                params, state, placed, joined, tokenizer.pad_id, end, put, stats, **static
+                params, config, state, placed, joined, tokenizer.pad_id, end, put, stats, **static
             )
             rows.extend(joined)
             continue
@@ -476,7 +489,9 @@ def serve(
         if (host_done != np.asarray(state.done)).any():
             state = state._replace(done=host_done if mesh is None else jax.device_put(host_done, state.done.sharding))
         window = min(bucket(slot + chunk, MIN_CACHE_BUCKET), s_size)
-        state, out, steps = _decode(params, state, sampling, end, chunk=chunk, window=window, **static)
+        state, out, steps = _decode(
+            params, state, sampling, end, config=config, chunk=chunk, window=window, **static
+        )
         new_tokens, steps = np.asarray(out), int(steps)
         slot += steps
         stats.decode_chunks += 1
@@ -527,6 +542,7 @@ def _pack(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> t
 
 def _admit(
     params: LlamaParams,
+    config: LlamaConfig,
     state: DecodeState,
     placed: list[_Row | None],
     joined: list[_Row],
@@ -553,7 +569,8 @@ def _admit(
         filler = bucket(len(group)) - len(group)  # bucket padding repeats the last joiner: the same writes again
         row_map_arr = np.asarray(row_map + [row_map[-1]] * filler, np.int32)
         rows = np.asarray(group + [group[-1]] * filler, np.int32)
-        state, first = _join(params, state, tokens, start, row_map_arr, rows, sampling, end, **static)
+        hidden, scratch = _prompts(params, tokens, start, config=config)
+        state, first = _join(params, state, hidden, scratch, start, row_map_arr, rows, sampling, end, **static)
         new_tokens[group, 0] = np.asarray(first)[: len(group)]
         stats.join_calls += 1
     stats.joined_rows += len(joined)
@@ -591,11 +608,15 @@ def _sampling_arrays(placed: Sequence[_Row | None]) -> SamplingParams:
     )
 
 
-def _mode(rows: Sequence[_Row]) -> str:
-    """The cheapest sampling program that serves every row."""
+_MODES = (GREEDY, SAMPLE, FILTER)  # each program serves the rows of those before it too
+
+
+def _mode(rows: Sequence[_Row], least: str = GREEDY) -> str:
+    """The cheapest sampling program, ``least`` or above, that serves every row."""
     if any(r.config.filters for r in rows):
         return FILTER
-    return SAMPLE if any(r.config.temperature > 0 for r in rows) else GREEDY
+    needed = SAMPLE if any(r.config.temperature > 0 for r in rows) else GREEDY
+    return max(needed, least, key=_MODES.index)
 
 
 def _absorb(

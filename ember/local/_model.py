@@ -38,6 +38,7 @@ from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, pa
 from ember.local._messages import Prompt, normalize_messages
 from ember.local._paths import resolve_model_path
 from ember.local._quant import PRECISIONS, Precision
+from ember.local._sampling import GREEDY
 from ember.local._tokenizer import GGUFTokenizer
 
 __all__ = ["LocalModel", "Prompt", "default_dtype", "default_precision", "load_model", "resolve_precision"]
@@ -191,6 +192,7 @@ class LocalModel:
         batch_axis: str = "batch",
         arrivals: Arrivals | None = None,
         max_rows: int = 32,
+        min_mode: str = GREEDY,
     ) -> list[Generation]:
         """Continue ``requests`` as one batched generation that ``arrivals`` may join while it
         runs (continuous batching; see :func:`ember.local._generate.serve`)."""
@@ -207,6 +209,7 @@ class LocalModel:
                 chunk=self.decode_chunk,
                 arrivals=arrivals,
                 max_rows=max_rows,
+                min_mode=min_mode,
             )
 
     def next_token_logits(self, prompt_ids: Sequence[Sequence[int]]) -> np.ndarray:
