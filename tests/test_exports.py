@@ -100,7 +100,7 @@ def test_seed_aliases_are_the_modules_themselves():
 
 
 def test_a_seed_alias_leaves_the_real_module_a_package():
-    import ember.core.registry.model  # noqa: F401 - the alias of ember.models
+    import ember.core.registry.model  # the alias of ember.models
     import ember.models
 
     assert ember.models.__spec__.name == "ember.models"

@@ -115,10 +115,11 @@ def test_prompt_lengths_in_one_bucket_reuse_compiled_programs(smollm):
     prompts = ["Tell me a story.", "What is the capital of France?", "Hello there, how are you doing on this fine day?"]
     assert len({len(smollm.encode(p)) for p in prompts}) == 3
     smollm.generate(prompts[:1], SHORT)
-    compiled = (_generate._prefill._cache_size(), _generate._decode._cache_size())
+    programs = (_generate._prompts, _generate._begin, _generate._decode)
+    compiled = [p._cache_size() for p in programs]
     smollm.generate(prompts[1:2], SHORT)
     smollm.generate(prompts[2:], GenerationConfig(max_new_tokens=5))
-    assert (_generate._prefill._cache_size(), _generate._decode._cache_size()) == compiled
+    assert [p._cache_size() for p in programs] == compiled
 
 
 def test_sharded_generation_gives_the_same_tokens(smollm):
@@ -140,9 +141,11 @@ def test_sharded_generation_gives_the_same_tokens(smollm):
         *(put(x) for x in (np.zeros(8, np.float32), np.zeros(8, np.int32), np.ones(8, np.float32),
                            np.zeros((8, 2), np.uint32), np.ones(8, np.int32), np.ones(8, bool)))
     )
-    state, _ = _generate._prefill(
-        smollm._params_on(mesh, "batch"), put(tokens), put(np.zeros(8, np.int32)), put(np.arange(8, dtype=np.int32)),
-        sampling, np.asarray([2], np.int32), config=smollm.config, cache_len=64, mode="greedy", mesh=mesh, axis="batch",
+    params, start = smollm._params_on(mesh, "batch"), put(np.zeros(8, np.int32))
+    hidden, scratch = _generate._prompts(params, put(tokens), start, config=smollm.config)
+    state, _ = _generate._begin(
+        params, hidden, scratch, start, put(np.arange(8, dtype=np.int32)), sampling, np.asarray([2], np.int32),
+        cache_len=64, mode="greedy", mesh=mesh, axis="batch",
     )
     assert state.cache.k.sharding.spec == PartitionSpec(None, "batch")
     assert state.token.sharding.spec == PartitionSpec("batch")

@@ -47,6 +47,10 @@ class GGUFContents:
     stored_types: dict[str, str]
     #: Bytes the tensors take in the file.
     stored_bytes: int
+    #: Each tensor as stored (memory-mapped; ``uint8 [rows, row bytes]`` for a block-quantized
+    #: type), for loaders that keep the file's integers (:mod:`ember.local._quant`); empty
+    #: when read without tensors.
+    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFContents:
@@ -77,10 +81,12 @@ def read_gguf(path: str | Path, *, tensors: bool = True) -> GGUFContents:
                     model=str(path),
                 ) from exc
             out[tensor.name] = np.asarray(array, dtype=np.float32)
+    raw = {t.name: t.data for t in reader.tensors} if tensors else {}
     return GGUFContents(
         path=path,
         metadata=metadata,
         tensors=out,
         stored_types=stored_types,
         stored_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        raw=raw,
     )

@@ -20,7 +20,7 @@ file's layout and rotates pairs, so the two paths check each other.)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ember.local._errors import UnsupportedModelError
-from ember.local._quant import QuantizedWeight, linear, quantize_int8
+from ember.local._quant import Blocks, QuantizedWeight, linear
 
 __all__ = ["KVCache", "LayerParams", "LlamaConfig", "LlamaParams", "forward", "init_cache", "params_from_gguf", "unembed"]
 
@@ -96,15 +96,15 @@ class LayerParams(NamedTuple):
     product on the dev machine)."""
 
     attn_norm: jax.Array  # [L, D]
-    # The seven projections are :class:`QuantizedWeight` (int8 + per-row scales) when
-    # loaded with ``quantize=True``.
-    wq: jax.Array | QuantizedWeight  # [L, H*Dh, D]
-    wk: jax.Array | QuantizedWeight  # [L, Hkv*Dh, D]
-    wv: jax.Array | QuantizedWeight  # [L, Hkv*Dh, D]
+    # The four projection matrices are :class:`QuantizedWeight` (int8 + a scale and offset
+    # per block of 32 inputs) when loaded ``quantized``. Blocks run along the input axis, so
+    # the RoPE un-permutation of Q/K rows moves whole blocks. Q, K and V rows are stacked (and
+    # gate and up): one matmul instead of three (two); a decode step of SmolLM2 got 4-6%
+    # faster at batch 1 on the dev machine (float32 and int8).
+    wqkv: jax.Array | QuantizedWeight  # [L, (H + 2*Hkv)*Dh, D]
     wo: jax.Array | QuantizedWeight  # [L, D, H*Dh]
     mlp_norm: jax.Array  # [L, D]
-    w_gate: jax.Array | QuantizedWeight  # [L, F, D]
-    w_up: jax.Array | QuantizedWeight  # [L, F, D]
+    w_gate_up: jax.Array | QuantizedWeight  # [L, 2*F, D]
     w_down: jax.Array | QuantizedWeight  # [L, D, F]
 
 
@@ -134,29 +134,40 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def params_from_gguf(
-    tensors: Mapping[str, np.ndarray], config: LlamaConfig, dtype: Any, *, quantize: bool = False
+    tensors: Mapping[str, np.ndarray],
+    config: LlamaConfig,
+    dtype: Any,
+    *,
+    quantized: Callable[[str], Blocks | None] | None = None,
 ) -> LlamaParams:
-    """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``; with
-    ``quantize``, the layers' projection matrices become int8 :class:`QuantizedWeight`."""
+    """Stack the GGUF's per-layer tensors into :class:`LlamaParams` of ``dtype``. With
+    ``quantized`` (a tensor name to its exact int8 blocks or ``None``,
+    :func:`ember.local._quant.quantize_tensor`), a projection whose parts have blocks in every
+    layer becomes a :class:`QuantizedWeight`."""
 
-    def stack(name: str, transform=lambda w: w, *, matrix: bool = True) -> jax.Array | QuantizedWeight:
-        first = tensors[f"blk.0.{name}.weight"]
-        out = np.empty((config.n_layers, *first.shape), np.float32)
-        for i in range(config.n_layers):
-            out[i] = transform(tensors[f"blk.{i}.{name}.weight"])
-        if quantize and matrix:
-            return quantize_int8(out)
-        return jnp.asarray(out, dtype=dtype)
+    def stack(*parts: str | tuple[str, Callable[[np.ndarray], np.ndarray]], matrix: bool = True) -> jax.Array | QuantizedWeight:
+        """Each layer's ``parts`` (GGUF names, with a transform of their rows), rows concatenated."""
+        named = [(p, lambda w: w) if isinstance(p, str) else p for p in parts]
+        names = [[f"blk.{i}.{name}.weight" for name, _ in named] for i in range(config.n_layers)]
+
+        def layer(arrays: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([transform(a) for (_, transform), a in zip(named, arrays)])
+
+        blocks = [[quantized(n) for n in layer_names] for layer_names in names] if quantized is not None and matrix else []
+        if blocks and all(b is not None for layer_blocks in blocks for b in layer_blocks):  # (q, scale, offset)
+            return QuantizedWeight(*(jnp.asarray(np.stack([layer([b[k] for b in lb]) for lb in blocks])) for k in range(3)))
+        return jnp.asarray(np.stack([layer([tensors[n] for n in layer_names]) for layer_names in names]), dtype=dtype)
 
     layers = LayerParams(
         attn_norm=stack("attn_norm", matrix=False),
-        wq=stack("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
-        wk=stack("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
-        wv=stack("attn_v"),
+        wqkv=stack(
+            ("attn_q", lambda w: _unpermute_rope(w, config.n_heads)),
+            ("attn_k", lambda w: _unpermute_rope(w, config.n_kv_heads)),
+            "attn_v",
+        ),
         wo=stack("attn_output"),
         mlp_norm=stack("ffn_norm", matrix=False),
-        w_gate=stack("ffn_gate"),
-        w_up=stack("ffn_up"),
+        w_gate_up=stack("ffn_gate", "ffn_up"),
         w_down=stack("ffn_down"),
     )
     half = config.head_dim // 2
@@ -178,7 +189,7 @@ def init_cache(config: LlamaConfig, batch: int, length: int, dtype: Any) -> KVCa
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-_linear = linear  # ``x @ w.T`` for a weight stored ``(out, in)``, plain or int8 (ember.local._quant)
+_linear = linear  # ``x @ w.T`` for a weight stored ``(out, in)``, plain or block int8 (ember.local._quant)
 
 
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -232,14 +243,16 @@ def forward(
     key_slots = jnp.arange(window)
     mask = (key_slots[None, None, :] >= start[:, None, None]) & (key_slots[None, None, :] <= query_slots[None, :, None])
     x = params.embed[tokens]
+    n_q, n_kv = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
 
     def layer(carry, inputs):
         x, k_cache, v_cache = carry
         i, p = inputs
         h = _rms_norm(x, p.attn_norm, config.norm_eps)
-        q = _linear(h, p.wq).reshape(b, t, config.n_heads, config.head_dim)
-        k = _linear(h, p.wk).reshape(b, t, config.n_kv_heads, config.head_dim)
-        v = _linear(h, p.wv).reshape(b, t, config.n_kv_heads, config.head_dim)
+        q, k, v = jnp.split(_linear(h, p.wqkv), [n_q, n_q + n_kv], axis=-1)
+        q = q.reshape(b, t, config.n_heads, config.head_dim)
+        k = k.reshape(b, t, config.n_kv_heads, config.head_dim)
+        v = v.reshape(b, t, config.n_kv_heads, config.head_dim)
         q = _rope(q, positions, params.rope_inv_freq)
         k = _rope(k, positions, params.rope_inv_freq)
         zero = jnp.zeros((), jnp.int32)
@@ -249,7 +262,8 @@ def forward(
         attn = _attention(q, k_cache[i, :, :, :window], v_cache[i, :, :, :window], mask, config)
         x = x + _linear(attn, p.wo)
         h = _rms_norm(x, p.mlp_norm, config.norm_eps)
-        x = x + _linear(jax.nn.silu(_linear(h, p.w_gate)) * _linear(h, p.w_up), p.w_down)
+        gate, up = jnp.split(_linear(h, p.w_gate_up), 2, axis=-1)
+        x = x + _linear(jax.nn.silu(gate) * up, p.w_down)
         return (x, k_cache, v_cache), None
 
     layer_ids = jnp.arange(config.n_layers, dtype=jnp.int32)

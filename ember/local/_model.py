@@ -1,7 +1,7 @@
 """``LocalModel``: one loaded GGUF model, and ``load_model``, which loads each file once per process.
 
 Loading SmolLM2-135M (parse, dequantize, stack, copy to the device) takes seconds and
-~0.5 GB of float32 weights, so models are cached per (file, precision, dtype) behind a lock: the
+0.25 GB (int8) to 0.5 GB (float32) of weights, so models are cached per (file, precision, dtype) behind a lock: the
 first caller loads, concurrent callers wait for that load, later callers get the same
 object. Generation on one model is serialised by its own lock; batching many requests
 into one generation is the job of :mod:`ember.local._batcher`, not of concurrent calls.
@@ -37,7 +37,7 @@ from ember.local._gguf import read_gguf
 from ember.local._llama import LlamaConfig, LlamaParams, forward, init_cache, params_from_gguf, unembed
 from ember.local._messages import Prompt, normalize_messages
 from ember.local._paths import resolve_model_path
-from ember.local._quant import PRECISIONS, Precision
+from ember.local._quant import PRECISIONS, Precision, quantize_tensor
 from ember.local._sampling import GREEDY
 from ember.local._tokenizer import GGUFTokenizer
 
@@ -61,17 +61,20 @@ def default_dtype() -> Any:
 def default_precision() -> str:
     """The weight precision :func:`load_model` uses when given neither ``precision`` nor
     ``dtype``, chosen by measurement (``bench/bench_local_model.py --precisions``; the
-    "Precision" section of ``docs/local-model.md``). CPU: float32; bfloat16 is slower from
-    batch 8 on, and int8, faster at batch 1 and 8, changes a greedy test answer. Accelerators:
-    bfloat16 (int8 not yet measured there)."""
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    "Precision" section of ``docs/local-model.md``). CPU: int8, which holds a Q4_1/Q8_0 file's
+    weights exactly (float32's logits, bit for bit; other matrices stay float32) and decoded
+    faster than float32 in every run (about 1.5x at batch 1, 1.05-2.3x at batch 8 and 32);
+    bfloat16 is slower than float32 from batch 8 on. Accelerators: bfloat16 (int8 not yet
+    measured there)."""
+    return "int8" if jax.default_backend() == "cpu" else "bfloat16"
 
 
 def resolve_precision(precision: str | None = None, dtype: Any = None) -> tuple[str, Any]:
     """``(precision, compute dtype)`` from :func:`load_model`'s ``precision`` and ``dtype``.
 
-    ``precision`` is ``"float32"``, ``"bfloat16"`` or ``"int8"`` (int8 weights, computed in
-    ``dtype``, by default :func:`default_dtype`). ``dtype`` alone keeps its old meaning: the
+    ``precision`` is ``"float32"``, ``"bfloat16"`` or ``"int8"`` (the file's block-quantized
+    matrices held as int8 blocks, :mod:`ember.local._quant`, computed in ``dtype``, by
+    default :func:`default_dtype`). ``dtype`` alone keeps its old meaning: the
     weights' floating dtype. Neither: :func:`default_precision`.
     """
     if precision is None:
@@ -106,9 +109,8 @@ class LocalModel:
         self.chat_format: ChatFormat = chat_format_from_template(meta.get("tokenizer.chat_template"), model=str(path))
         #: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (weights); ``dtype`` is the compute dtype.
         self.precision, self.dtype = resolve_precision(precision, dtype)
-        self.params: LlamaParams = params_from_gguf(
-            contents.tensors, self.config, self.dtype, quantize=self.precision == "int8"
-        )
+        quantized = partial(quantize_tensor, contents) if self.precision == "int8" else None
+        self.params: LlamaParams = params_from_gguf(contents.tensors, self.config, self.dtype, quantized=quantized)
         self.param_bytes = sum(x.nbytes for x in jax.tree.leaves(self.params))
         turn_end = self.tokenizer.token_id(self.chat_format.turn_end.strip())
         self.end_ids = frozenset(self.tokenizer.end_ids | ({turn_end} if turn_end is not None else set()))
@@ -267,7 +269,7 @@ def load_model(
 ) -> LocalModel:
     """The model at ``path`` (an embedded model name, a GGUF path, or ``None`` for
     SmolLM2-135M-Instruct), loaded on first use and shared by the whole process, once per
-    precision: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (weight-only; see
+    precision: ``"float32"``, ``"bfloat16"`` or ``"int8"`` (the file's quantized weights as they are; see
     :func:`resolve_precision`), by default :func:`default_precision`.
 
     Turns on JAX's persistent compilation cache first (:mod:`ember.local._compile_cache`;
