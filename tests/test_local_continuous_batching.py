@@ -8,6 +8,9 @@ request generated on its own, so a wrong cache placement cannot pass.
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -125,3 +128,21 @@ def test_cancelling_a_generating_request_stops_its_row_and_frees_its_place(smoll
     assert stopped.finish_reason == "cancelled"
     assert stopped.completion_tokens < LONG.max_new_tokens
     assert smollm.stats.generate_calls == before  # the waiting request took the freed row
+
+
+def test_a_program_may_exit_while_a_batch_still_runs():
+    """Rows hand back answers before their batch ends, so a program can have what it asked for
+    and exit mid-batch; the batcher's worker must not be inside XLA when the interpreter dies
+    (that aborts the process), so exit abandons the batch between chunks."""
+    code = textwrap.dedent(
+        """
+        from ember.local import GenerationConfig, load_model, shared_batcher
+        batcher = shared_batcher(load_model(), window_s=0.2, max_batch=8)
+        long = batcher.submit("Count from 1 to 500.", GenerationConfig(max_new_tokens=400, ignore_eos=True))
+        short = batcher.submit("Say hi.", GenerationConfig(max_new_tokens=2))
+        print(short.result(timeout=300).completion_tokens, long.done())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False", done.stdout  # it did exit mid-batch

@@ -24,11 +24,13 @@ meshes (or none) never share a batch, even when they arrive in the same window.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
@@ -69,10 +71,15 @@ class _Pending:
     on_tokens: Callable[[Sequence[int]], None] | None = None
     prompt_ids: list[int] | None = None  # encoded once, when first considered
 
-    def request(self) -> GenerationRequest:
+    def request(self, stopping: Callable[[], bool]) -> GenerationRequest:
         future = self.future
         return GenerationRequest(
-            self.prompt_ids, self.config, self.deadline, self.on_tokens, future.set_result, future.cancel_requested
+            self.prompt_ids,
+            self.config,
+            self.deadline,
+            self.on_tokens,
+            future.set_result,
+            lambda: future.cancel_requested() or stopping(),
         )
 
 
@@ -89,6 +96,7 @@ class MicroBatcher:
         # Requests taken off the queue but not yet served (only the worker thread touches it).
         self._waiting: collections.deque[_Pending] = collections.deque()
         self._closing = False
+        self._stopping = False  # set at interpreter exit: abandon everything (see _abandon_all)
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
         #: Batched generations run so far.
@@ -126,18 +134,31 @@ class MicroBatcher:
 
     def close(self) -> None:
         """Stop the worker after the requests already queued."""
+        self._stop_worker(timeout=None)
+
+    def _stop_worker(self, timeout: float | None) -> None:
         with self._start_lock:
             if self._worker is not None:
                 self._queue.put(None)
-                self._worker.join()
+                self._worker.join(timeout)
                 self._worker = None
+
+    def _abandon(self) -> None:
+        """Stop now: rows in flight stop at their next decode chunk, waiting requests are
+        never served, and the worker is gone when this returns (or 30 s have passed)."""
+        self._stopping = True
+        self._stop_worker(timeout=30)
 
     def _ensure_worker(self) -> None:
         with self._start_lock:
             if self._worker is None:
-                self._closing = False
+                self._closing = self._stopping = False
                 self._worker = threading.Thread(target=self._run, name="ember-local-batcher", daemon=True)
                 self._worker.start()
+                _running.add(self)
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     def _run(self) -> None:
         while True:
@@ -156,6 +177,8 @@ class MicroBatcher:
     def _next(self, timeout: float | None) -> _Pending | None:
         """The oldest request not yet served; ``None`` when none came within ``timeout``
         (``None``: wait for one) or the batcher is closing."""
+        if self._stopping:
+            return None
         if self._waiting:
             return self._waiting.popleft()
         if self._closing:
@@ -212,7 +235,7 @@ class MicroBatcher:
             self.sharded_batches += 1
         arrivals = _Arrivals(self, mesh, served=list(ready))
         try:
-            requests = [p.request() for p in ready]
+            requests = [p.request(self._is_stopping) for p in ready]
             # SAMPLE serves greedy rows exactly: one program per shape for mixed traffic.
             self._model.serve(requests, arrivals=arrivals, max_rows=self.max_batch, min_mode=SAMPLE, **placement)
         except Exception as exc:  # noqa: BLE001 - every waiter of the batch hears of it
@@ -233,6 +256,8 @@ class _Arrivals:
 
     def take(self, fits: Callable[[Sequence[int], GenerationConfig], bool], limit: int) -> list[GenerationRequest]:
         batcher = self._batcher
+        if batcher._stopping:
+            return []
         batcher._drain()
         taken: list[GenerationRequest] = []
         kept: collections.deque[_Pending] = collections.deque()
@@ -245,13 +270,28 @@ class _Arrivals:
                 kept.append(p)  # for the next batch
             elif p.future.set_running_or_notify_cancel():  # else cancelled while waiting: dropped
                 self.served.append(p)
-                taken.append(p.request())
+                taken.append(p.request(batcher._is_stopping))
         batcher._waiting = kept
         return taken
 
 
 _batchers: dict[LocalModel, MicroBatcher] = {}
 _batchers_lock = threading.Lock()
+_running: weakref.WeakSet[MicroBatcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _abandon_all() -> None:
+    """At interpreter exit, stop every batcher's worker between decode chunks and wait for it.
+
+    The worker is a daemon thread, and one still inside XLA's C++ when the interpreter
+    finalizes aborts the whole process ("terminate called ... exception not rethrown") as
+    Python unwinds it. Since rows hand back their answers before their batch ends, a program
+    can have everything it asked for and exit while the batch still runs; so generations in
+    flight are abandoned (their callers are gone), not waited out.
+    """
+    for batcher in list(_running):
+        batcher._abandon()
 
 
 def shared_batcher(model: LocalModel, *, window_s: float = 0.01, max_batch: int = 32) -> MicroBatcher:
