@@ -138,8 +138,9 @@ def against_llama_cpp(args, batches: list[int], summary: dict) -> None:
         prefill, total = found["best"][str(b)]
         llama[b] = b * (args.new_tokens - 1) / max(total - prefill, 1e-9)
     print(f"{'llama.cpp':>12} " + " ".join(f"{llama[b]:>9.1f}" for b in batches))
+    print("Ember / llama.cpp, decode tok/s:")
     for precision, (rates, _) in summary.items():
-        print(f"{'ember/' + precision[:6]:>12} " + " ".join(f"{rates[b][1] / llama[b]:>8.2f}x" for b in batches))
+        print(f"{precision:>12} " + " ".join(f"{rates[b][1] / llama[b]:>8.2f}x" for b in batches))
     print("goals: >= 0.50x at batch 1, >= 1.00x at batch 8 (issue 14)")
 
 

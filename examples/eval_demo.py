@@ -70,7 +70,8 @@ def main() -> None:
     journal = Path("ember_runs") / f"eval_demo-{args.items}-{args.max_tokens}-{args.judge_tokens}.sqlite"
     if journal.exists():
         console.print(f"resuming from {journal}: finished items are not run again")
-    console.print(f"{len(data)} minibench items x 3 systems, model {MODEL} (first call loads and compiles it)")
+    console.print(f"{len(data)} minibench items x 3 systems, model {MODEL}")
+    console.print("(the first run compiles the model's programs; later runs load them from a cache)")
     started = time.perf_counter()
 
     def run(journal: Path | Journal) -> dict:
