@@ -567,19 +567,7 @@ class ModelService:
                     stats.in_flight -= 1
                     if shared_slots is not None:
                         shared_slots.release()
-            if not error.retryable or attempt > route.max_retries:
-                if attempt > 1:
-                    error.attempts = attempt
-                    error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
-                raise error
-            delay = _backoff(attempt, route.backoff_base, route.backoff_max, error.retry_after)
-            logger.info("%s: %s; retry %d in %.2f s", request.model_id, type(error).__name__, attempt, delay)
-            stats.retries += 1
-            stats.waiting_to_retry += 1
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                stats.waiting_to_retry -= 1
+            await _retry_or_raise(error, attempt, route, request, stats)
 
 
     # -- streaming (I/O loop) -------------------------------------------------------------
@@ -732,20 +720,7 @@ class ModelService:
                     "the caller has seen part of the answer",
                     partial_text="".join(parts), model_id=request.model_id, attempts=attempt,
                 ) from error
-            if not error.retryable or attempt > route.max_retries:
-                if attempt > 1:
-                    error.attempts = attempt
-                    error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
-                raise error
-            delay = _backoff(attempt, route.backoff_base, route.backoff_max, error.retry_after)
-            logger.info("%s: %s before the first delta; retry %d in %.2f s", request.model_id,
-                        type(error).__name__, attempt, delay)
-            stats.retries += 1
-            stats.waiting_to_retry += 1
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                stats.waiting_to_retry -= 1
+            await _retry_or_raise(error, attempt, route, request, stats, when=" before the first delta")
 
 
 _MAX_ROUTES = 4096
@@ -926,6 +901,26 @@ def _unexpected(exc: Exception, route: _Route, request: ChatRequest) -> Provider
         + " (not retried: the same request would fail again)",
         model_id=request.model_id,
     )
+
+
+async def _retry_or_raise(
+    error: ModelError, attempt: int, route: _Route, request: ChatRequest, stats: CallStats, *, when: str = ""
+) -> None:
+    """After failed attempt ``attempt``: raise ``error`` (not retryable, or retries spent,
+    saying how many attempts were made), else wait out the backoff before the next one."""
+    if not error.retryable or attempt > route.max_retries:
+        if attempt > 1:
+            error.attempts = attempt
+            error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
+        raise error
+    delay = _backoff(attempt, route.backoff_base, route.backoff_max, error.retry_after)
+    logger.info("%s: %s%s; retry %d in %.2f s", request.model_id, type(error).__name__, when, attempt, delay)
+    stats.retries += 1
+    stats.waiting_to_retry += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        stats.waiting_to_retry -= 1
 
 
 def _backoff(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
