@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ember.local import GenerationConfig, InvalidGenerationConfigError, _generate
-from ember.local._sampling import _draw, _filter, seed_words
+from ember.local._sampling import _draw, _filter, argmax, seed_words
 
 
 def _sorted_filter(logits: np.ndarray, top_k: np.ndarray, top_p: np.ndarray) -> np.ndarray:
@@ -50,6 +50,18 @@ def test_inverse_cdf_draw_follows_the_distribution():
     draws = np.asarray(_draw(logits, jax.random.uniform(jax.random.key(1), (8000,))))
     assert draws.max() <= 3  # never a zero-probability token
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 8000, probs[:4], atol=0.02)
+
+
+def test_argmax_is_the_first_maximum_with_nan_as_largest():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 49152)).astype(np.float32)
+    logits[1, [5, 900]] = 40.0  # a tie: the first wins
+    logits[2, [7, 11]] = [np.inf, np.nan]  # NaN counts as +inf: the first of them wins
+    logits[3] = -np.inf  # nothing finite: index 0, as jnp.argmax
+    logits[4, 3] = np.nan
+    got = np.asarray(jax.jit(argmax)(jnp.asarray(logits)))
+    assert got.dtype == np.int32
+    assert got.tolist() == [int(np.argmax(logits[0])), 5, 7, 0, 3, int(np.argmax(logits[5]))]
 
 
 def test_seed_words_cover_64_bits():

@@ -216,7 +216,10 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config
     # A finite floor, not -inf: a padding query sees no key, and must not produce NaN.
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+    # Heads-major out, then transposed: with ``btkgd`` straight out of the einsum XLA:CPU
+    # computed V^T P^T as 24 tiny plain dots, 2.2 ms of a 28 ms batch-8 decode step; this
+    # form runs as one YNNPACK fusion (0.3 ms).
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v).transpose(0, 3, 1, 2, 4)
     return out.reshape(b, t, config.n_heads * config.head_dim)
 
 

@@ -1,16 +1,17 @@
 """Weight precisions of the embedded model: float32, bfloat16, and int8 weight-only in blocks of 32.
 
 int8 keeps each projection matrix ``(out, in)`` as int8 ``q`` with, per block of 32 inputs, a
-float32 ``scale`` and ``offset``: ``w = q * scale + offset``. That is the layout of GGUF's
+``scale`` and ``offset``: ``w = q * scale + offset``, float16 where the file stores them so
+(Q4_1, Q8_0), else float32. That is the layout of GGUF's
 32-wide block quantizations, so it holds the file's own integers: a Q4_1 tensor (``d * q + m``,
 ``q`` in 0..15) and a Q8_0 one (``d * q``) load exactly, and a matrix stored any other way
 (F16, F32, k-quants) stays in the compute dtype. So int8 never changes a weight: SmolLM2's file
 is Q4_1 throughout, its int8 weights are its float32 weights, and its logits are float32's, bit
-for bit, while a decode step reads 1.25 bytes a weight instead of 4. (The per-output-row int8
+for bit, while a decode step reads 1.125 bytes a weight instead of 4. (The per-output-row int8
 this replaced requantized every matrix and changed a greedy answer of SmolLM2.)
 
 XLA:CPU does not fuse a convert into a dot, so :func:`linear` dequantizes the matrix to the
-compute dtype (one elementwise pass: 1.25 bytes a weight read, the float copy written to cache)
+compute dtype (one elementwise pass: 1.125 bytes a weight read, the float copy written to cache)
 and then multiplies. Inside the layer ``lax.scan`` only one layer's float copy exists at a time.
 Measured alternatives (SmolLM2's 30 layers of projections at batch 1 on the 2-core CPU, time
 relative to float32 weights): dequantize then dot 0.55x; a batched dot over the blocks then a
@@ -40,7 +41,8 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "int8")
 BLOCK = 32
 
 Blocks = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""``(q int8 [..., out, in], scale float32 [..., out, in/32], offset float32 [..., out, in/32])``."""
+"""``(q int8 [..., out, in], scale [..., out, in/32], offset [..., out, in/32])``, the scale and
+offset float16 or float32."""
 
 
 class QuantizedWeight(NamedTuple):
@@ -67,10 +69,10 @@ def _q4_1_blocks(raw: np.ndarray) -> Blocks:
     """A Q4_1 tensor's own integers from its bytes ``[rows, n * 20]``: per block an f16 ``d``,
     an f16 ``m``, then 16 bytes whose low nibbles are inputs 0..15 and high nibbles 16..31."""
     blocks = np.asarray(raw, np.uint8).reshape(raw.shape[0], -1, 4 + BLOCK // 2)
-    d_m = np.ascontiguousarray(blocks[..., :4]).view(np.float16).astype(np.float32)
+    d_m = np.ascontiguousarray(blocks[..., :4]).view(np.float16)
     nibbles = blocks[..., 4:]
     q = np.concatenate([nibbles & 15, nibbles >> 4], axis=-1).astype(np.int8)
-    return q.reshape(raw.shape[0], -1), d_m[..., 0], d_m[..., 1]
+    return q.reshape(raw.shape[0], -1), d_m[..., 0], d_m[..., 1]  # float16, as stored
 
 
 def quantize_tensor(contents: GGUFContents, name: str) -> Blocks | None:
@@ -84,7 +86,11 @@ def quantize_tensor(contents: GGUFContents, name: str) -> Blocks | None:
         return None
     q, scale, offset = quantize_blocks(values)
     exact = np.array_equal(q.reshape(*scale.shape, BLOCK) * scale[..., None], values.reshape(*scale.shape, BLOCK))
-    return (q, scale, offset) if exact else None
+    if not exact:
+        return None
+    if np.array_equal(scale.astype(np.float16).astype(np.float32), scale):  # Q8_0's f16 scales
+        scale, offset = scale.astype(np.float16), offset.astype(np.float16)
+    return q, scale, offset
 
 
 def dequantize(w: QuantizedWeight, dtype: Any = jnp.float32) -> jax.Array:
@@ -92,7 +98,8 @@ def dequantize(w: QuantizedWeight, dtype: Any = jnp.float32) -> jax.Array:
     values: a Q4_1 or Q8_0 ``q * scale`` (f16 scale, <= 8-bit ``q``) is exact, so adding the
     offset rounds once, fused into a multiply-add or not."""
     q = w.q.reshape(*w.q.shape[:-1], -1, BLOCK).astype(jnp.float32)
-    return (q * w.scale[..., None] + w.offset[..., None]).reshape(w.q.shape).astype(dtype)
+    scale, offset = w.scale.astype(jnp.float32)[..., None], w.offset.astype(jnp.float32)[..., None]
+    return (q * scale + offset).reshape(w.q.shape).astype(dtype)
 
 
 def linear(x: jax.Array, w: jax.Array | QuantizedWeight) -> jax.Array:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["FILTER", "GREEDY", "SAMPLE", "SamplingParams", "sample", "seed_words"]
+__all__ = ["FILTER", "GREEDY", "SAMPLE", "SamplingParams", "argmax", "sample", "seed_words"]
 
 #: Static sampling modes: every row greedy; some row samples; some row also filters.
 GREEDY, SAMPLE, FILTER = "greedy", "sample", "filter"
@@ -135,13 +135,23 @@ def _draw(logits: jax.Array, uniform: jax.Array) -> jax.Array:
     return (blk * _BLOCK + idx).astype(jnp.int32)
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """The index of each row's first maximum of ``logits [B, V]`` (int32; NaN counts as +inf),
+    as a max and then a min over the matching indices: two plain reductions XLA:CPU
+    vectorizes, where its variadic argmax reduce took 0.83 ms against 0.20 ms for ``[8,
+    49152]`` on the dev machine (a batch-8 decode step of SmolLM2 takes ~25 ms)."""
+    key = jnp.where(jnp.isnan(logits), jnp.inf, logits)
+    first = key == jnp.max(key, -1, keepdims=True)
+    return jnp.min(jnp.where(first, jnp.arange(logits.shape[-1], dtype=jnp.int32), logits.shape[-1]), -1)
+
+
 def sample(logits: jax.Array, params: SamplingParams, generated: jax.Array, *, mode: str) -> jax.Array:
     """Next token per row of ``logits [B, V]``: argmax where temperature is 0, else a draw.
 
     ``mode`` is static, so a batch compiles only the work its rows need: ``GREEDY`` (every
     row at temperature 0), ``SAMPLE`` (no row filters) or ``FILTER``.
     """
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    greedy = argmax(logits)
     if mode == GREEDY:
         return greedy
     scaled = logits / jnp.maximum(params.temperature, 1e-6)[:, None]
