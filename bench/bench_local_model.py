@@ -116,12 +116,24 @@ def main() -> None:
         against_llama_cpp(args, batches, summary, llama_runs)
 
 
+_load_seconds: dict[str, float] = {}
+
+
+def loaded(args, precision: str):
+    """``load_model`` of ``precision``, and how long its first load in this process took."""
+    from ember.local import load_model
+
+    start = time.perf_counter()
+    model = load_model(args.model, precision=precision)
+    return model, _load_seconds.setdefault(precision, time.perf_counter() - start)
+
+
 def llama_cpp_rates(args, batches: list[int]) -> tuple[str, dict[int, float]]:
     """One run of llama.cpp on the same file and prompt tokens: its version, and its decode
     tok/s per batch size."""
-    from ember.local import load_model
+    from ember.local import default_precision
 
-    model = load_model(args.model)
+    model, _ = loaded(args, (args.precisions or default_precision()).split(",")[0])
     job = {
         "model": str(model.path),
         "prompts": {b: [model.encode(p) for p in story_prompts(b)] for b in batches},
@@ -191,11 +203,9 @@ def first_token(model: str | None) -> None:
 
 def bench_precision(args, precision: str, batches: list[int], device) -> tuple[dict, float]:
     """One precision's table; returns its rates per batch and its weight megabytes."""
-    from ember.local import GenerationConfig, load_model
+    from ember.local import GenerationConfig
 
-    start = time.perf_counter()
-    model = load_model(args.model, precision=precision)
-    load_s = time.perf_counter() - start
+    model, load_s = loaded(args, precision)
     print(f"model: {model.path.name} ({model.param_bytes / 1e6:.0f} MB of {model.precision} weights, {model.dtype.name} compute)")
     print(f"load (parse + dequantize + place): {load_s:.2f} s")
     # Other processes on a small machine skew every number: say how busy it was.

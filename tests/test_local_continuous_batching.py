@@ -80,6 +80,41 @@ def test_a_request_that_does_not_fit_the_running_cache_waits_for_the_next_batch(
     assert answer.token_ids == smollm.generate([question], SHORT)[0].token_ids
 
 
+def test_a_long_joining_prompt_prefills_in_chunks_while_the_others_decode(smollm):
+    from ember.local._generate import PREFILL_CHUNK
+
+    sentence = "The cat sat on the mat and looked at the birds in the garden. "
+    long_prompt = "Summarise this: " + sentence * 24  # the shared write slot starts high
+    question = "What did the cat do? " + sentence * 20  # a joiner of three prefill chunks
+    joiner_width = 3 * PREFILL_CHUNK
+    assert 2 * PREFILL_CHUNK < len(smollm.encode(question)) <= joiner_width <= len(smollm.encode(long_prompt))
+    batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
+    before = dict(vars(smollm.stats))
+    submitted = threading.Event()
+    chunks_seen: list[int] = []  # prefill chunks run when the long row's tokens were reported
+
+    def on_tokens(ids) -> None:
+        chunks_seen.append(smollm.stats.prefill_chunks - before["prefill_chunks"])
+        submitted.wait(60)
+
+    long = batcher.submit(long_prompt, LONG, on_tokens=on_tokens)
+    while not chunks_seen:
+        threading.Event().wait(0.01)
+    joiner = batcher.submit(question, SHORT)
+    submitted.set()
+    answer = joiner.result(timeout=300)
+    assert long.result(timeout=300).completion_tokens == LONG.max_new_tokens
+    batcher.close()
+
+    delta = {k: v - before[k] for k, v in vars(smollm.stats).items()}
+    assert delta["generate_calls"] == 1 and delta["joined_rows"] == 1  # it joined the running batch
+    assert delta["prefill_chunks"] == 3
+    # The long row gained tokens after the first chunk and after the second: decoding went on
+    # between the chunks instead of waiting for the whole prompt.
+    assert {1, 2} <= set(chunks_seen)
+    assert answer.token_ids == smollm.generate([question], SHORT)[0].token_ids  # prefilled whole
+
+
 def test_a_request_cancelled_while_waiting_never_runs(smollm):
     batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
     gate = threading.Event()

@@ -151,3 +151,20 @@ def test_sharded_generation_gives_the_same_tokens(smollm):
     assert state.token.sharding.spec == PartitionSpec("batch")
     assert len(state.cache.k.sharding.device_set) == 8
     smollm._placed.pop(mesh)  # the 8 replicated weight copies (~4 GB on fake CPU devices)
+
+
+def test_prefill_in_chunks_equals_the_whole_prompt_at_once(smollm):
+    questions = ("What is the capital of France? Answer in one word, please.", "Name a colour.")
+    rows = [_generate._row(_generate.GenerationRequest(smollm.encode(q)), smollm.config.context_length) for q in questions]
+    [whole] = _generate._prefills(rows, smollm.tokenizer.pad_id, chunk=64)
+    [chunked] = _generate._prefills(rows, smollm.tokenizer.pad_id, chunk=16)
+    assert whole.tokens.shape == chunked.tokens.shape == (2, 48) and not whole.chunked
+    stats = _generate.GenerationStats()
+    while chunked.calls_left:
+        chunked.advance(smollm.params, smollm.config, stats)
+    whole.advance(smollm.params, smollm.config, stats)
+    assert stats.prefill_chunks == 3 and whole.calls_left == 0
+    np.testing.assert_allclose(np.asarray(chunked.hidden), np.asarray(whole.hidden), rtol=0, atol=1e-4)
+    for got, want in zip(chunked.scratch, whole.scratch):  # [L, U, H, T, D]; slots before start are never read
+        for u, first in enumerate(whole.start):
+            np.testing.assert_allclose(np.asarray(got[:, u, :, first:]), np.asarray(want[:, u, :, first:]), atol=1e-4)

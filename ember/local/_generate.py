@@ -24,8 +24,11 @@ padding row, or a row added by growing the batch to the next bucket), its prompt
 prefilled on its own and its keys and values are written into that row's cache just below
 the shared write slot, so from the next chunk on it decodes with the others. Rows carry
 their own ``start``, so positions and masks stay per row whatever the row held before. A
-request joins when its prompt fits below the slot and its answer fits in the cache left;
-otherwise it waits for the next generation. Each row's result is handed over
+prompt longer than ``PREFILL_CHUNK`` tokens prefills that many at a time, one chunk between
+decode chunks (each chunk attends to the earlier ones in its scratch cache), so the rows
+already decoding wait for a chunk, never for a whole long prompt. A request joins when its
+prompt fits below the slot and its answer fits in the cache left, counting the decode chunks
+its prefill lets run; otherwise it waits for the next generation. Each row's result is handed over
 (``on_done``) the moment it finishes, not when the batch ends.
 
 Sharding: with a ``Mesh``, parameters are replicated and every batch-leading array (tokens,
@@ -67,6 +70,9 @@ MIN_CACHE_BUCKET = 64
 # Shrink the batch to a smaller bucket only when a live row may still need this many
 # steps: the smaller shape is a new decode program (seconds to compile on the dev machine).
 COMPACT_MIN_STEPS = 8
+#: A joining prompt longer than this prefills this many tokens at a time, one chunk between
+#: decode chunks, so the rows decoding wait for a chunk, not for the whole prompt.
+PREFILL_CHUNK = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +136,7 @@ class GenerationStats:
     growths: int = 0  # times a running batch grew to a larger bucket for joining rows
     joined_rows: int = 0  # requests that joined a running generation
     join_calls: int = 0  # batched prefills of joining requests
+    prefill_chunks: int = 0  # forwards over one chunk of long joining prompts
     generated_tokens: int = 0
     row_steps: int = 0  # batch rows x decode steps: the decode work paid for
     decoded_tokens: int = 0  # tokens those steps produced for live rows
@@ -205,6 +212,16 @@ def _prompts(params: LlamaParams, tokens: jax.Array, start: jax.Array, *, config
     u, t = tokens.shape
     scratch = init_cache(config, u, t, params.embed.dtype)
     return forward(params, config, tokens, start, jnp.zeros((), jnp.int32), scratch, t)
+
+
+@partial(jax.jit, static_argnames=("config",), donate_argnames=("scratch",))
+def _prompt_chunk(
+    params: LlamaParams, tokens: jax.Array, start: jax.Array, slot: jax.Array, scratch: KVCache, *, config: LlamaConfig
+) -> tuple[jax.Array, KVCache]:
+    """Slots ``slot .. slot+C-1`` of prompts prefilled a chunk at a time: the chunk's tokens
+    ``[U, C]`` attend to the earlier chunks in ``scratch`` (``[.., U, .., T, ..]``); after the
+    last chunk the result is :func:`_prompts`' for the whole prompts, up to float rounding."""
+    return forward(params, config, tokens, start, slot, scratch, scratch.k.shape[3])
 
 
 @partial(jax.jit, static_argnames=("cache_len", "mode", "mesh", "axis"))
@@ -398,6 +415,66 @@ def _row(request: GenerationRequest, context_length: int) -> _Row:
     return _Row(request, min(request.config.max_new_tokens, room))
 
 
+def _prefill_width(n: int, chunk: int) -> int:
+    """Cache slots a joining prompt of ``n`` tokens takes: its bucket, rounded up to whole
+    chunks when it prefills in chunks."""
+    t = prompt_bucket(n)
+    return t if t <= chunk else -(-t // chunk) * chunk
+
+
+@dataclasses.dataclass
+class _Prefill:
+    """Joining prompts of one width (:func:`_prefill_width`) on their way into a running
+    batch. Up to ``chunk`` slots they prefill in one call (:func:`_prompts`); longer, they
+    prefill ``chunk`` slots a call (:func:`_prompt_chunk`), one call between decode chunks."""
+
+    rows: list[_Row]
+    tokens: np.ndarray  # [U, T]
+    start: np.ndarray  # [U]
+    row_map: list[int]
+    chunk: int
+    done: int = 0  # slots prefilled
+    hidden: jax.Array | None = None
+    scratch: KVCache | None = None
+
+    @property
+    def calls_left(self) -> int:
+        width = self.tokens.shape[1]
+        return 1 if width <= self.chunk and not self.done else -(-(width - self.done) // self.chunk)
+
+    @property
+    def chunked(self) -> bool:
+        return self.tokens.shape[1] > self.chunk
+
+    def advance(self, params: LlamaParams, config: LlamaConfig, stats: GenerationStats) -> None:
+        """One prefill call."""
+        width = self.tokens.shape[1]
+        if not self.chunked:
+            self.hidden, self.scratch = _prompts(params, self.tokens, self.start, config=config)
+            self.done = width
+            return
+        if self.scratch is None:
+            self.scratch = init_cache(config, self.tokens.shape[0], width, params.embed.dtype)
+        part = self.tokens[:, self.done : self.done + self.chunk]
+        at = np.asarray(self.done, np.int32)
+        self.hidden, self.scratch = _prompt_chunk(params, part, self.start, at, self.scratch, config=config)
+        self.done += self.chunk
+        stats.prefill_chunks += 1
+
+
+def _prefills(rows: Sequence[_Row], pad_id: int, chunk: int) -> list[_Prefill]:
+    """The joining ``rows`` in one :class:`_Prefill` per width (a short prompt is not padded
+    to a long one's length)."""
+    by_width: dict[int, list[_Row]] = {}
+    for r in rows:
+        by_width.setdefault(_prefill_width(len(r.request.prompt_ids), chunk), []).append(r)
+    prefills = []
+    for width, group in by_width.items():
+        tokens, start, row_map = _pack([r.request.prompt_ids for r in group], pad_id, width=width)
+        prefills.append(_Prefill(group, tokens, start, row_map, chunk))
+    return prefills
+
+
 def serve(
     params: LlamaParams,
     config: LlamaConfig,
@@ -412,6 +489,7 @@ def serve(
     arrivals: Arrivals | None = None,
     max_rows: int = 32,
     min_mode: str = GREEDY,
+    prefill_chunk: int = PREFILL_CHUNK,
 ) -> list[Generation]:
     """Continue ``requests`` as one batched generation; returns their generations in order.
 
@@ -419,7 +497,8 @@ def serve(
     window. A request's ``deadline`` (a ``time.monotonic()`` instant) stops its row with
     ``finish_reason="timeout"``. Parameters must already be placed (replicated on ``mesh``).
     With ``arrivals``, requests that arrive while this runs join it, up to ``max_rows`` live
-    rows; their results reach them only through their ``on_done``. ``min_mode`` is the least
+    rows; their results reach them only through their ``on_done``, and a joining prompt longer
+    than ``prefill_chunk`` tokens prefills that many at a time between decode chunks. ``min_mode`` is the least
     sampling program to run (``SAMPLE`` serves greedy rows too, exactly): a server whose
     batches mix greedy and sampled requests then compiles one program per shape, not two.
     """
@@ -449,11 +528,23 @@ def serve(
     new_tokens = np.asarray(first)[:, None]
     slot = t_size  # cache slot of the next fed token
 
-    def fits(ids: Sequence[int], cfg: GenerationConfig) -> bool:
-        """A joining prompt must end below the write slot and its answer fit in the cache."""
-        max_new = min(cfg.max_new_tokens, config.context_length - len(ids))
-        return prompt_bucket(len(ids)) <= slot and slot + max_new <= s_size
+    pending: list[_Prefill] = []  # joining prompts still prefilling, oldest first
+    ahead = 0  # prefill calls queued before the next joiner's last one
 
+    def fits(ids: Sequence[int], cfg: GenerationConfig) -> bool:
+        """A joining prompt must end below the write slot, and its answer fit in the cache
+        after the decode chunks that may run while it and the chunked prompts before it
+        prefill."""
+        nonlocal ahead
+        width = _prefill_width(len(ids), prefill_chunk)
+        max_new = min(cfg.max_new_tokens, config.context_length - len(ids))
+        calls = -(-width // prefill_chunk) if width > prefill_chunk else 0  # 0: joins at once
+        waits = (ahead + calls - 1) * chunk if calls else 0
+        ok = width <= slot and slot + waits + max_new <= s_size
+        ahead += calls if ok else 0
+        return ok
+
+    prefilled = False  # a chunk of a long prompt ran since the last decode chunk
     while True:
         _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
         now = time.monotonic()
@@ -466,17 +557,30 @@ def serve(
                 r.finish = "timeout"
         _report(placed, tokenizer, end_ids, stats)
         live = [i for i, r in enumerate(placed) if r is not None and r.finish is None]
-        joiners = arrivals.take(fits, max_rows - len(live)) if arrivals is not None and len(live) < max_rows else []
-        if joiners:
-            placed, state = _grow(placed, state, live, len(joiners), devices, stats, mesh=mesh, axis=axis)
-            joined = [_row(r, config.context_length) for r in joiners]
+        room = max_rows - len(live) - sum(len(p.rows) for p in pending)
+        if arrivals is not None and room > 0:
+            ahead = sum(p.calls_left for p in pending if p.chunked)
+            taken = arrivals.take(fits, room)
+            pending.extend(_prefills([_row(r, config.context_length) for r in taken], tokenizer.pad_id, prefill_chunk))
+        for p in pending:  # short prompts whole, and one chunk of the oldest long one
+            if not p.chunked:
+                p.advance(params, config, stats)
+            elif not prefilled:
+                p.advance(params, config, stats)
+                prefilled = True
+        ready = [p for p in pending if p.calls_left == 0]
+        if ready:
+            pending = [p for p in pending if p.calls_left > 0]
+            joined = [r for p in ready for r in p.rows]
+            placed, state = _grow(placed, state, live, len(joined), devices, stats, mesh=mesh, axis=axis)
             static["mode"] = _mode(joined, static["mode"])
-            sampling, state, new_tokens = _admit(
-                params, config, state, placed, joined, tokenizer.pad_id, end, put, stats, **static
-            )
+            sampling, state, new_tokens = _admit(params, state, placed, ready, end, put, stats, **static)
             rows.extend(joined)
             continue
         if not live:
+            if pending:  # nothing decodes: the next chunk may run at once
+                prefilled = False
+                continue
             break
         smaller = bucket(len(live), multiple=devices)
         if smaller < len(placed) and max(placed[i].max_new - len(placed[i].tokens) for i in live) >= COMPACT_MIN_STEPS:
@@ -489,11 +593,10 @@ def serve(
         if (host_done != np.asarray(state.done)).any():
             state = state._replace(done=host_done if mesh is None else jax.device_put(host_done, state.done.sharding))
         window = min(bucket(slot + chunk, MIN_CACHE_BUCKET), s_size)
-        state, out, steps = _decode(
-            params, state, sampling, end, config=config, chunk=chunk, window=window, **static
-        )
+        state, out, steps = _decode(params, state, sampling, end, config=config, chunk=chunk, window=window, **static)
         new_tokens, steps = np.asarray(out), int(steps)
         slot += steps
+        prefilled = False
         stats.decode_chunks += 1
         stats.decode_steps += steps
         stats.row_steps += steps * len(placed)
@@ -524,13 +627,15 @@ def _grow(
     return [placed[i] for i in live] + [None] * (size - len(live)), state
 
 
-def _pack(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The unique prompts, left-padded to their bucket: tokens ``[U, T]``, the first real
-    slot of each ``[U]`` (padding rows: one pad token), and each prompt's row among them.
-    Identical prompts (an ensemble's samples) are prefilled once."""
+def _pack(
+    prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The unique prompts, left-padded to their bucket (or ``width``): tokens ``[U, T]``, the
+    first real slot of each ``[U]`` (padding rows: one pad token), and each prompt's row
+    among them. Identical prompts (an ensemble's samples) are prefilled once."""
     unique: dict[tuple[int, ...], int] = {}
     row_map = [unique.setdefault(tuple(ids), len(unique)) for ids in prompts]
-    t_size = prompt_bucket(max(len(ids) for ids in unique))
+    t_size = width or prompt_bucket(max(len(ids) for ids in unique))
     u_size = bucket(len(unique), multiple=multiple)
     tokens = np.full((u_size, t_size), pad_id, np.int32)
     start = np.full((u_size,), t_size - 1, np.int32)
@@ -542,38 +647,32 @@ def _pack(prompts: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> t
 
 def _admit(
     params: LlamaParams,
-    config: LlamaConfig,
     state: DecodeState,
     placed: list[_Row | None],
-    joined: list[_Row],
-    pad_id: int,
+    ready: list[_Prefill],
     end: np.ndarray,
     put: Callable[[np.ndarray], Any],
     stats: GenerationStats,
     **static: Any,
 ) -> tuple[SamplingParams, DecodeState, np.ndarray]:
-    """Put ``joined`` rows in free batch positions and prefill them there, one :func:`_join`
-    per prompt bucket (a short prompt is not padded to a long one's length); returns the new
-    sampling settings, state and first tokens ``[B, 1]``."""
-    free = [i for i, r in enumerate(placed) if r is None or r.finish is not None]
-    positions = dict(zip(free, joined))
-    for i, r in positions.items():
-        placed[i] = r
+    """Put the rows of the prefilled prompts ``ready`` in free batch positions, one
+    :func:`_join` per prefill; returns the new sampling settings, state and first tokens
+    ``[B, 1]``."""
+    free = iter([i for i, r in enumerate(placed) if r is None or r.finish is not None])
+    groups = [[next(free) for _ in p.rows] for p in ready]
+    for p, group in zip(ready, groups):
+        for i, r in zip(group, p.rows):
+            placed[i] = r
     sampling = SamplingParams(*(put(x) for x in _sampling_arrays(placed)))
     new_tokens = np.full((len(placed), 1), -1, np.int32)
-    by_bucket: dict[int, list[int]] = {}
-    for i, r in positions.items():
-        by_bucket.setdefault(prompt_bucket(len(r.request.prompt_ids)), []).append(i)
-    for group in by_bucket.values():
-        tokens, start, row_map = _pack([placed[i].request.prompt_ids for i in group], pad_id)
+    for p, group in zip(ready, groups):
         filler = bucket(len(group)) - len(group)  # bucket padding repeats the last joiner: the same writes again
-        row_map_arr = np.asarray(row_map + [row_map[-1]] * filler, np.int32)
+        row_map = np.asarray(p.row_map + [p.row_map[-1]] * filler, np.int32)
         rows = np.asarray(group + [group[-1]] * filler, np.int32)
-        hidden, scratch = _prompts(params, tokens, start, config=config)
-        state, first = _join(params, state, hidden, scratch, start, row_map_arr, rows, sampling, end, **static)
+        state, first = _join(params, state, p.hidden, p.scratch, p.start, row_map, rows, sampling, end, **static)
         new_tokens[group, 0] = np.asarray(first)[: len(group)]
         stats.join_calls += 1
-    stats.joined_rows += len(joined)
+    stats.joined_rows += sum(len(p.rows) for p in ready)
     return sampling, state, new_tokens
 
 
