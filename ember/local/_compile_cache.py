@@ -55,7 +55,7 @@ _OFF = {"", "0", "off", "false", "no", "none", "disabled"}
 _lock = threading.Lock()
 _enabled: Path | None = None
 _decided = False  # enable_compile_cache has run: ensure_compile_cache leaves its choice alone
-_counts = {"compiles": 0, "cache_hits": 0, "cache_misses": 0}
+_counts: dict[str, float] = {"compiles": 0, "compile_seconds": 0.0, "cache_hits": 0, "cache_misses": 0}
 _listening = False
 
 
@@ -111,10 +111,11 @@ def ensure_compile_cache() -> None:
         enable_compile_cache()
 
 
-def compile_counts() -> dict[str, int]:
+def compile_counts() -> dict[str, float]:
     """Counters since the first :func:`enable_compile_cache` (or :func:`compile_counts`) call:
-    ``compiles`` (XLA backend compiles, cache loads excluded), ``cache_hits`` (programs
-    loaded from the persistent cache) and ``cache_misses`` (looked up, not found)."""
+    ``compiles`` (XLA backend compiles, cache loads excluded), ``compile_seconds`` (the time
+    they took), ``cache_hits`` (programs loaded from the persistent cache) and
+    ``cache_misses`` (looked up, not found)."""
     _listen()
     with _lock:
         return dict(_counts)
@@ -126,20 +127,26 @@ def _listen() -> None:
         if _listening:
             return
         _listening = True
+    loading = threading.local()  # a compile's events come on the thread that asked for it
 
     def on_event(event: str, **_: object) -> None:
         if event == "/jax/compilation_cache/cache_hits":
+            loading.hit = True  # the backend_compile_duration that follows is a load
             with _lock:
                 _counts["cache_hits"] += 1
-                _counts["compiles"] -= 1  # its backend_compile_duration was a load, not a compile
         elif event == "/jax/compilation_cache/cache_misses":
             with _lock:
                 _counts["cache_misses"] += 1
 
-    def on_duration(event: str, _seconds: float, **_: object) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            with _lock:
-                _counts["compiles"] += 1
+    def on_duration(event: str, seconds: float, **_: object) -> None:
+        if event != "/jax/core/compile/backend_compile_duration":
+            return
+        if getattr(loading, "hit", False):
+            loading.hit = False
+            return
+        with _lock:
+            _counts["compiles"] += 1
+            _counts["compile_seconds"] += seconds
 
     jax.monitoring.register_event_listener(on_event)
     jax.monitoring.register_event_duration_secs_listener(on_duration)
