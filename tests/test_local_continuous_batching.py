@@ -80,39 +80,62 @@ def test_a_request_that_does_not_fit_the_running_cache_waits_for_the_next_batch(
     assert answer.token_ids == smollm.generate([question], SHORT)[0].token_ids
 
 
-def test_a_long_joining_prompt_prefills_in_chunks_while_the_others_decode(smollm):
+SENTENCE = "The cat sat on the mat and looked at the birds in the garden. "
+LONG_PROMPT = "Summarise this: " + SENTENCE * 24  # the shared write slot starts high
+CHUNKED_QUESTION = "What did the cat do? " + SENTENCE * 20  # a joiner of three prefill chunks
+
+
+def _join_while_prefilling(smollm, on_chunk=None):
+    """A long generation, and a long question that joins it once its first tokens are out;
+    ``on_chunk(prefill chunks run so far, the question's future)`` runs on the generating
+    thread at each of the long row's reports. Returns (the question's future, the long one's, prefill chunks seen by each of the
+    long row's reports, the stats before)."""
     from ember.local._generate import PREFILL_CHUNK
 
-    sentence = "The cat sat on the mat and looked at the birds in the garden. "
-    long_prompt = "Summarise this: " + sentence * 24  # the shared write slot starts high
-    question = "What did the cat do? " + sentence * 20  # a joiner of three prefill chunks
-    joiner_width = 3 * PREFILL_CHUNK
-    assert 2 * PREFILL_CHUNK < len(smollm.encode(question)) <= joiner_width <= len(smollm.encode(long_prompt))
+    assert 2 * PREFILL_CHUNK < len(smollm.encode(CHUNKED_QUESTION)) <= 3 * PREFILL_CHUNK <= len(smollm.encode(LONG_PROMPT))
     batcher = MicroBatcher(smollm, window_s=0.01, max_batch=8)
     before = dict(vars(smollm.stats))
     submitted = threading.Event()
-    chunks_seen: list[int] = []  # prefill chunks run when the long row's tokens were reported
+    chunks_seen: list[int] = []
+    joiners = []
 
     def on_tokens(ids) -> None:
         chunks_seen.append(smollm.stats.prefill_chunks - before["prefill_chunks"])
         submitted.wait(60)
+        if on_chunk is not None:
+            on_chunk(chunks_seen[-1], joiners[0])
 
-    long = batcher.submit(long_prompt, LONG, on_tokens=on_tokens)
+    long = batcher.submit(LONG_PROMPT, LONG, on_tokens=on_tokens)
     while not chunks_seen:
         threading.Event().wait(0.01)
-    joiner = batcher.submit(question, SHORT)
+    joiner = batcher.submit(CHUNKED_QUESTION, SHORT)
+    joiners.append(joiner)
     submitted.set()
-    answer = joiner.result(timeout=300)
-    assert long.result(timeout=300).completion_tokens == LONG.max_new_tokens
+    joiner.result(timeout=300)
+    long.result(timeout=300)
     batcher.close()
+    return joiner, long, chunks_seen, before
 
+
+def test_a_long_joining_prompt_prefills_in_chunks_while_the_others_decode(smollm):
+    joiner, long, chunks_seen, before = _join_while_prefilling(smollm)
+    assert long.result().completion_tokens == LONG.max_new_tokens
     delta = {k: v - before[k] for k, v in vars(smollm.stats).items()}
     assert delta["generate_calls"] == 1 and delta["joined_rows"] == 1  # it joined the running batch
     assert delta["prefill_chunks"] == 3
     # The long row gained tokens after the first chunk and after the second: decoding went on
     # between the chunks instead of waiting for the whole prompt.
     assert {1, 2} <= set(chunks_seen)
-    assert answer.token_ids == smollm.generate([question], SHORT)[0].token_ids  # prefilled whole
+    assert joiner.result().token_ids == smollm.generate([CHUNKED_QUESTION], SHORT)[0].token_ids  # prefilled whole
+
+
+def test_a_request_cancelled_while_its_prompt_prefills_never_joins(smollm):
+    joiner, long, _, before = _join_while_prefilling(smollm, lambda chunks, joiner: chunks == 1 and joiner.cancel())
+    stopped = joiner.result()
+    assert stopped.finish_reason == "cancelled" and stopped.completion_tokens == 0
+    delta = {k: v - before[k] for k, v in vars(smollm.stats).items()}
+    assert delta["joined_rows"] == 0 and delta["prefill_chunks"] < 3  # its prefill stopped there
+    assert long.result().completion_tokens == LONG.max_new_tokens
 
 
 def test_a_request_cancelled_while_waiting_never_runs(smollm):

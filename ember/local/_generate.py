@@ -422,7 +422,7 @@ def _prefill_width(n: int, chunk: int) -> int:
     return t if t <= chunk else -(-t // chunk) * chunk
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Prefill:
     """Joining prompts of one width (:func:`_prefill_width`) on their way into a running
     batch. Up to ``chunk`` slots they prefill in one call (:func:`_prompts`); longer, they
@@ -548,14 +548,16 @@ def serve(
     while True:
         _absorb(placed, new_tokens, np.asarray(state.done), tokenizer, end_ids)
         now = time.monotonic()
-        for r in placed:
+        for r in [*placed, *(r for p in pending for r in p.rows)]:
             if r is None or r.finish is not None:
                 continue
             if r.request.abandoned is not None and r.request.abandoned():
                 r.finish = "cancelled"
             elif r.request.deadline is not None and now >= r.request.deadline:
                 r.finish = "timeout"
-        _report(placed, tokenizer, end_ids, stats)
+        dropped = [p for p in pending if all(r.finish is not None for r in p.rows)]  # prefill no more
+        pending = [p for p in pending if any(r.finish is None for r in p.rows)]
+        _report([*placed, *(r for p in dropped for r in p.rows)], tokenizer, end_ids, stats)
         live = [i for i, r in enumerate(placed) if r is not None and r.finish is None]
         room = max_rows - len(live) - sum(len(p.rows) for p in pending)
         if arrivals is not None and room > 0:
