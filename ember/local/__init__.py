@@ -30,7 +30,7 @@ from ember.local._errors import (
     PromptTooLongError,
     UnsupportedModelError,
 )
-from ember.local._generate import Generation, GenerationConfig, GenerationStats
+from ember.local._generate import Arrivals, Generation, GenerationConfig, GenerationRequest, GenerationStats
 from ember.local._mesh import MeshSpec, batch_mesh, current_mesh, use_mesh
 from ember.local._model import LocalModel, Prompt, default_dtype, default_precision, load_model
 from ember.local._paths import DEFAULT_MODEL, EMBEDDED_MODELS, resolve_model_path
@@ -40,9 +40,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "PRECISIONS",
+    "Arrivals",
     "CorruptModelFileError",
     "Generation",
     "GenerationConfig",
+    "GenerationRequest",
     "GenerationStats",
     "InvalidGenerationConfigError",
     "LocalModel",

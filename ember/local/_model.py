@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ember.local._chat import ChatFormat, chat_format_from_template
 from ember.local._compile_cache import ensure_compile_cache
 from ember.local._generate import (
+    PREFILL_CHUNK,
     Arrivals,
     Generation,
     GenerationConfig,
@@ -122,6 +123,8 @@ class LocalModel:
         self.stats = GenerationStats()
         #: Decode steps per jitted chunk: how often the host checks stop strings and deadlines.
         self.decode_chunk = 16
+        #: Tokens a call of a long joining prompt prefills, between decode chunks (see serve).
+        self.prefill_chunk = PREFILL_CHUNK
         self._lock = threading.Lock()
         #: Weights replicated over the meshes used last (most recent last): a copy per device,
         #: so only the last :data:`_PLACED_MESHES` meshes keep theirs.
@@ -209,6 +212,7 @@ class LocalModel:
                 mesh=mesh,
                 axis=batch_axis,
                 chunk=self.decode_chunk,
+                prefill_chunk=self.prefill_chunk,
                 arrivals=arrivals,
                 max_rows=max_rows,
                 min_mode=min_mode,
