@@ -439,8 +439,7 @@ class _Prefill:
 
     @property
     def calls_left(self) -> int:
-        width = self.tokens.shape[1]
-        return 1 if width <= self.chunk and not self.done else -(-(width - self.done) // self.chunk)
+        return -(-(self.tokens.shape[1] - self.done) // self.chunk)  # a short prompt: one call
 
     @property
     def chunked(self) -> bool:
