@@ -174,3 +174,39 @@ def test_only_the_last_two_meshes_keep_a_copy_of_the_weights():
         placed = LocalModel._params_on(model, mesh, "batch")
         assert placed["w"].sharding.device_set == set(mesh.devices.flat)
     assert list(model._placed) == [meshes[0], meshes[2]]  # meshes[1] was the least recently used
+
+
+def test_a_prompt_prefilled_in_chunks_joins_a_sharded_batch_with_its_own_tokens(smollm):
+    from ember.local import GenerationConfig, GenerationRequest
+
+    mesh = batch_mesh(8)
+    question = smollm.encode("What did the cat do? The cat sat on the mat and looked at the birds in the garden.")
+    config = GenerationConfig(max_new_tokens=8)
+    done = []
+
+    class OneArrival:
+        """The question, handed over once the running row has its first tokens."""
+
+        waiting = [GenerationRequest(question, config, on_done=done.append)]
+        started = False
+
+        def take(self, fits, limit):
+            ready = self.started and self.waiting and fits(question, config)
+            return [self.waiting.pop()] if ready else []
+
+    arrival = OneArrival()
+    running = GenerationRequest(
+        smollm.encode("Summarise: " + "the cat sat on the mat. " * 8),
+        GenerationConfig(max_new_tokens=64, ignore_eos=True),
+        on_tokens=lambda ids: setattr(arrival, "started", True),
+    )
+    chunk, before = smollm.prefill_chunk, dict(vars(smollm.stats))
+    smollm.prefill_chunk = 16  # the question's 51 tokens: 4 chunks
+    try:
+        with freed(smollm, mesh):
+            smollm.serve([running], mesh=mesh, arrivals=arrival, max_rows=8)
+    finally:
+        smollm.prefill_chunk = chunk
+    assert smollm.stats.prefill_chunks - before["prefill_chunks"] == 4
+    assert smollm.stats.joined_rows - before["joined_rows"] == 1
+    assert done[0].token_ids == smollm.generate_tokens([question], config)[0].token_ids
