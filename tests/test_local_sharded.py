@@ -187,8 +187,9 @@ def test_a_prompt_prefilled_in_chunks_joins_a_sharded_batch_with_its_own_tokens(
     class OneArrival:
         """The question, handed over once the running row has its first tokens."""
 
-        waiting = [GenerationRequest(question, config, on_done=done.append)]
-        started = False
+        def __init__(self) -> None:
+            self.waiting = [GenerationRequest(question, config, on_done=done.append)]
+            self.started = False
 
         def take(self, fits, limit):
             ready = self.started and self.waiting and fits(question, config)
