@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ember.local._generate import MIN_CACHE_BUCKET, _begin, _decode, _prompts, bucket, prompt_bucket
+from ember.local._generate import MIN_CACHE_BUCKET, _begin, _decode, _prompts, attention_window, bucket, prompt_bucket
 from ember.local._sampling import FILTER, SAMPLE, SamplingParams
 
 __all__ = [
@@ -206,7 +206,7 @@ def warm_up(
                     _begin.lower(*args, cache_len=s, mode=mode, **static).compile()
                     done += 1
                 state, _ = jax.eval_shape(lambda *a, s=s, mode=mode: _begin(*a, cache_len=s, mode=mode, **static), *args)
-                windows = sorted({min(bucket(slot + chunk, MIN_CACHE_BUCKET), s) for slot in range(t, s, chunk)})
+                windows = sorted({attention_window(slot, chunk, s) for slot in range(t, s, chunk)})
                 for window in windows:
                     if stop is not None and stop.is_set():
                         return done

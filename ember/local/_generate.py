@@ -60,6 +60,7 @@ __all__ = [
     "GenerationConfig",
     "GenerationRequest",
     "GenerationStats",
+    "attention_window",
     "bucket",
     "prompt_bucket",
     "serve",
@@ -173,6 +174,14 @@ def prompt_bucket(n: int) -> int:
     the half steps cut the padding waste from up to 50% to up to 33%."""
     size = bucket(n, MIN_PROMPT_BUCKET)
     return size * 3 // 4 if size > MIN_PROMPT_BUCKET and n <= size * 3 // 4 else size
+
+
+def attention_window(slot: int, chunk: int, cache_len: int) -> int:
+    """Cache slots a decode chunk's attention reads when its first token is written at
+    ``slot``: the bucket of ``slot + chunk`` (at least 64; 1.5x steps, like prompts), at most
+    the cache. The half steps matter once contexts grow: a chunk starting at slot 1040 reads
+    1536 slots, not 2048."""
+    return min(max(prompt_bucket(slot + chunk), MIN_CACHE_BUCKET), cache_len)
 
 
 def _batch_spec(mesh: Mesh | None, axis: str, ndim: int, dim: int = 0) -> NamedSharding | None:
@@ -593,7 +602,7 @@ def serve(
         host_done = np.asarray([r is None or r.finish is not None for r in placed])
         if (host_done != np.asarray(state.done)).any():
             state = state._replace(done=host_done if mesh is None else jax.device_put(host_done, state.done.sharding))
-        window = min(bucket(slot + chunk, MIN_CACHE_BUCKET), s_size)
+        window = attention_window(slot, chunk, s_size)
         state, out, steps = _decode(params, state, sampling, end, config=config, chunk=chunk, window=window, **static)
         new_tokens, steps = np.asarray(out), int(steps)
         slot += steps
